@@ -1,0 +1,89 @@
+"""The seams between the core and the engine connectors.
+
+Connectors implement these protocols structurally (no inheritance). Driver objects never
+cross this boundary: only events (:mod:`agent.events`) and :class:`Write` values do.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Mapping, Protocol, Sequence
+
+from agent.events import TableId, Transaction
+
+
+class WriteKind(enum.Enum):
+    """What a target write does."""
+
+    UPSERT = "upsert"  # insert, or update the row that has the same key
+    INSERT = "insert"  # insert only; the target assigns its own key (see Write.returning)
+    UPDATE = "update"  # update an existing row; a missing row is not created
+    DELETE = "delete"
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One row operation on the target, in target table and column names.
+
+    ``key`` locates the row (column -> value; for UPSERT the columns of a unique key);
+    ``values`` are the columns to set. ``entity`` and ``source_key`` say where it came from,
+    for quarantine and conflict records.
+    """
+
+    table: TableId
+    kind: WriteKind
+    key: Mapping[str, object]
+    values: Mapping[str, object]
+    entity: str = ""
+    source_key: str = ""
+
+
+class Source(Protocol):
+    """Reads one system's change log as transactions."""
+
+    def open(self, after: str | None) -> None:
+        """Connect and start reading after ``after`` (None: from the current end / slot position).
+
+        Transactions at or below ``after`` are never returned.
+        """
+
+    def poll(self, timeout: float) -> Transaction | None:
+        """Return the next transaction (or chunk), or None if none arrived within ``timeout`` seconds."""
+
+    def confirm(self, position: str) -> None:
+        """Everything at or below ``position`` is durably applied on the target (thread-safe)."""
+
+    def close(self) -> None:
+        """Disconnect; safe to call twice."""
+
+
+class Sink(Protocol):
+    """Applies writes to one system, one target transaction per batch."""
+
+    def open(self) -> None:
+        """Connect (and prepare the session, e.g. the loop-prevention origin)."""
+
+    def read_checkpoint(self, direction: str) -> str | None:
+        """The last source position committed for ``direction``, or None."""
+
+    def begin(self, direction: str) -> None:
+        """Start a target transaction; the loop marker is its first write."""
+
+    def write(self, writes: Sequence[Write]) -> None:
+        """Apply writes in order inside the open transaction."""
+
+    def commit(self, direction: str, position: str, source_commit_ts: datetime) -> None:
+        """Store the checkpoint in the open transaction, then COMMIT."""
+
+    def rollback(self) -> None:
+        """Abandon the open transaction, if any."""
+
+    def fetch(
+        self, table: TableId, key_column: str, keys: Sequence[object], columns: Sequence[str]
+    ) -> Mapping[object, Mapping[str, object]]:
+        """Current values of ``columns`` for the rows whose ``key_column`` is in ``keys``."""
+
+    def close(self) -> None:
+        """Disconnect; safe to call twice."""

@@ -1,0 +1,1 @@
+"""Engine connectors: one sub-package per database engine (reader, writer, catalog, types)."""
