@@ -16,7 +16,7 @@ class UsageError(AgentError):
 
 
 class ConfigError(AgentError):
-    """The configuration is invalid; ``problems`` lists every finding as 'file:line: path: message'."""
+    """Invalid configuration; ``problems`` lists each finding as 'file:line: path: message'."""
 
     exit_code = 78
 
@@ -42,6 +42,6 @@ class RowError(PermanentError):
 
 
 class PositionLostError(AgentError):
-    """The source no longer has the position the agent must resume from (slot lost, binlog purged)."""
+    """The source lost the position the agent must resume from (slot lost, binlog purged)."""
 
     exit_code = 69

@@ -9,9 +9,9 @@ the connector that produced them (an LSN, a binlog file and offset).
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Mapping
 
 
 class Op(enum.Enum):
@@ -25,9 +25,9 @@ class Op(enum.Enum):
 class _Unchanged:
     """Marker for a value the source did not send because it did not change (PostgreSQL TOAST)."""
 
-    _instance: "_Unchanged | None" = None
+    _instance: _Unchanged | None = None
 
-    def __new__(cls) -> "_Unchanged":
+    def __new__(cls) -> _Unchanged:
         if cls._instance is None:
             cls._instance = super().__new__(cls)
         return cls._instance

@@ -7,9 +7,10 @@ cross this boundary: only events (:mod:`agent.events`) and :class:`Write` values
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Mapping, Protocol, Sequence
+from typing import Protocol
 
 from agent.events import TableId, Transaction
 
@@ -28,14 +29,16 @@ class Write:
     """One row operation on the target, in target table and column names.
 
     ``key`` locates the row (column -> value; for UPSERT the columns of a unique key);
-    ``values`` are the columns to set. ``entity`` and ``source_key`` say where it came from,
-    for quarantine and conflict records.
+    ``values`` are the columns to set; ``defaults`` are set only when the row is inserted (an
+    UPSERT that finds the row leaves them alone). ``entity`` and ``source_key`` say where it
+    came from, for quarantine and conflict records.
     """
 
     table: TableId
     kind: WriteKind
     key: Mapping[str, object]
     values: Mapping[str, object]
+    defaults: Mapping[str, object] = field(default_factory=dict)
     entity: str = ""
     source_key: str = ""
 
@@ -50,7 +53,7 @@ class Source(Protocol):
         """
 
     def poll(self, timeout: float) -> Transaction | None:
-        """Return the next transaction (or chunk), or None if none arrived within ``timeout`` seconds."""
+        """The next transaction (or chunk), or None if none arrived within ``timeout`` seconds."""
 
     def confirm(self, position: str) -> None:
         """Everything at or below ``position`` is durably applied on the target (thread-safe)."""

@@ -1,0 +1,278 @@
+"""One direction: source reader -> loop filter -> rules -> sink writer -> checkpoint -> confirm.
+
+Whole source transactions are grouped into one target transaction (a batch) that ends with
+the checkpoint; the source is confirmed only after that COMMIT. A large source transaction
+arrives in chunks and gets a target transaction of its own, so a stop in its middle rolls
+back cleanly. Transient errors restart the session from the stored checkpoint after a
+backoff with jitter; nothing is applied twice because the checkpoint commits with the data.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from agent import rules
+from agent.errors import TransientError
+from agent.events import RowChange, TableId, Transaction
+from agent.ports import Sink, Source
+from agent.prefetch import Prefetcher
+from agent.routes import RouteTable
+
+log = logging.getLogger(__name__)
+
+
+class Observer(Protocol):
+    """What a pipeline reports (metrics, status)."""
+
+    def committed(self, direction: str, txns: int, rows: int, source_ts: datetime) -> None: ...
+    def skipped(self, direction: str, reason: str, count: int) -> None: ...
+    def heartbeat(self, direction: str, written_at: float) -> None: ...
+    def state(self, direction: str, state: str) -> None: ...
+    def retried(self, direction: str, kind: str) -> None: ...
+
+
+class NullObserver:
+    """Reports nowhere."""
+
+    def committed(self, direction: str, txns: int, rows: int, source_ts: datetime) -> None:
+        pass
+
+    def skipped(self, direction: str, reason: str, count: int) -> None:
+        pass
+
+    def heartbeat(self, direction: str, written_at: float) -> None:
+        pass
+
+    def state(self, direction: str, state: str) -> None:
+        pass
+
+    def retried(self, direction: str, kind: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Batching and pacing of one direction."""
+
+    max_rows: int = 5000
+    max_delay: float = 0.02
+    advance_interval: float = 10.0  # how often a position with no data is stored
+    retry_initial: float = 0.5
+    retry_max: float = 30.0
+
+
+@dataclass
+class _Batch:
+    """The open target transaction and what it covers."""
+
+    opened: bool = False
+    buffer: list[RowChange] | None = None
+    boundary: str | None = None  # position of the last whole source transaction in it
+    source_ts: datetime | None = None
+    txns: int = 0
+    rows: int = 0
+    started: float = 0.0
+    in_partial: bool = False
+
+    def pending(self) -> bool:
+        return self.opened or bool(self.buffer)
+
+
+class Pipeline:
+    """Replicates one direction until told to stop."""
+
+    def __init__(self, direction: str, source_factory: Callable[[], Source],
+                 sink_factory: Callable[[], Sink], routes: RouteTable, *,
+                 own_origin: str, heartbeat_table: TableId, settings: Settings | None = None,
+                 observer: Observer | None = None) -> None:
+        self.direction = direction
+        self._source_factory = source_factory
+        self._sink_factory = sink_factory
+        self.routes = routes
+        self._own_origin = own_origin
+        self._heartbeat_table = heartbeat_table
+        self._settings = settings or Settings()
+        self._observer = observer or NullObserver()
+        self.last_progress = time.monotonic()
+
+    # -- outer loop: sessions and retries ---------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Replicate until ``stop`` is set; transient failures retry, others propagate."""
+        delay = self._settings.retry_initial
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                self._session(stop)
+                return
+            except TransientError as error:
+                self._observer.retried(self.direction, type(error).__name__)
+                self._observer.state(self.direction, "retrying")
+                if time.monotonic() - started > 60:
+                    delay = self._settings.retry_initial
+                wait = delay * (0.5 + random.random())
+                log.warning("%s: %s; retrying in %.1fs", self.direction, error, wait)
+                stop.wait(wait)
+                delay = min(delay * 2, self._settings.retry_max)
+
+    def _session(self, stop: threading.Event) -> None:
+        sink = self._sink_factory()
+        reader: Prefetcher | None = None
+        try:
+            sink.open()
+            after = sink.read_checkpoint(self.direction)
+            reader = Prefetcher(self._source_factory())
+            reader.start(after)
+            self._observer.state(self.direction, "streaming")
+            log.info("%s: streaming after position %s", self.direction, after or "(start)")
+            _Session(self, sink, reader).loop(stop)
+        finally:
+            if reader is not None:
+                reader.close()
+            sink.close()
+        self._observer.state(self.direction, "stopped")
+
+
+class _Session:
+    """One connected run of a pipeline; state lives here, not in the pipeline."""
+
+    def __init__(self, pipeline: Pipeline, sink: Sink, reader: Prefetcher) -> None:
+        self.p = pipeline
+        self.sink = sink
+        self.reader = reader
+        self.batch = _Batch(buffer=[])
+        self.advance: str | None = None
+        self.advanced_at = time.monotonic()
+
+    def loop(self, stop: threading.Event) -> None:
+        """Apply until ``stop``; then commit the whole transactions in hand.
+
+        A large transaction still arriving in chunks has a target transaction of its own, so
+        rolling it back on stop loses nothing: it is read again after the restart.
+        """
+        try:
+            while not stop.is_set():
+                self.p.last_progress = time.monotonic()
+                item = self.reader.get(self._timeout(self.p._settings))
+                if item is not None:
+                    self._take(item)
+                self._maybe_commit(item is None)
+                self._maybe_advance()
+            if not self.batch.in_partial:
+                self._commit()
+        finally:
+            if self.batch.pending():
+                self.sink.rollback()
+
+    def _timeout(self, settings: Settings) -> float:
+        if self.batch.boundary is None:
+            return 0.2
+        left = settings.max_delay - (time.monotonic() - self.batch.started)
+        return max(0.0, min(left, 0.2))
+
+    def _take(self, item: Transaction) -> None:
+        changes = self._filter(item)
+        batch = self.batch
+        if changes:
+            if not item.final and not batch.in_partial and batch.txns > 0:
+                self._commit()  # a large transaction gets a target transaction of its own
+            if not batch.pending():
+                batch.started = time.monotonic()
+            assert batch.buffer is not None
+            batch.buffer.extend(changes)
+            batch.rows += len(changes)
+            if len(batch.buffer) >= self.p._settings.max_rows:
+                self._flush()
+        batch.in_partial = not item.final
+        if item.final:
+            self._close_transaction(item)
+
+    def _close_transaction(self, item: Transaction) -> None:
+        batch = self.batch
+        if batch.pending():
+            batch.boundary = item.position
+            batch.source_ts = item.commit_ts
+            batch.txns += 1
+        else:
+            self.advance = item.position
+
+    def _filter(self, item: Transaction) -> list[RowChange]:
+        """Drop the agent's own transactions and heartbeat rows; keep the rest."""
+        if item.origin is not None and item.origin == self.p._own_origin:
+            if item.changes:
+                self.p._observer.skipped(self.p.direction, "loop", len(item.changes))
+            return []
+        kept = [c for c in item.changes if c.table != self.p._heartbeat_table]
+        if len(kept) != len(item.changes):
+            self._heartbeat(item)
+        return kept
+
+    def _heartbeat(self, item: Transaction) -> None:
+        for change in item.changes:
+            if change.table == self.p._heartbeat_table and change.new:
+                sent = change.new.get("ts")
+                if isinstance(sent, datetime):
+                    if sent.tzinfo is None:
+                        sent = sent.replace(tzinfo=UTC)
+                    self.p._observer.heartbeat(self.p.direction, sent.timestamp())
+
+    def _maybe_commit(self, idle: bool) -> None:
+        batch = self.batch
+        if batch.boundary is None or batch.in_partial:
+            return
+        full = batch.rows >= self.p._settings.max_rows
+        late = time.monotonic() - batch.started >= self.p._settings.max_delay
+        if full or late or idle or not self.reader.has_more():
+            self._commit()
+
+    def _flush(self) -> None:
+        batch = self.batch
+        if not batch.buffer:
+            return
+        if not batch.opened:
+            self.sink.begin(self.p.direction)
+            batch.opened = True
+        view = rules.TargetView()
+        for (table, locator, columns), keys in rules.lookups(self.p.routes, batch.buffer).items():
+            asked = list(keys)
+            view.load(table, locator, self.sink.fetch(table, locator, asked, columns), asked)
+        result = rules.plan(self.p.routes, batch.buffer, view)
+        for reason, count in result.skipped.items():
+            self.p._observer.skipped(self.p.direction, reason, count)
+        if result.writes:
+            self.sink.write(result.writes)
+        batch.buffer = []
+
+    def _commit(self) -> None:
+        batch = self.batch
+        if batch.boundary is None:
+            return
+        self._flush()
+        if not batch.opened:
+            self.sink.begin(self.p.direction)
+        assert batch.source_ts is not None
+        self.sink.commit(self.p.direction, batch.boundary, batch.source_ts)
+        self.reader.confirm(batch.boundary)
+        self.p._observer.committed(self.p.direction, batch.txns, batch.rows, batch.source_ts)
+        self.advance = None
+        self.advanced_at = time.monotonic()
+        self.batch = _Batch(buffer=[])
+
+    def _maybe_advance(self) -> None:
+        """Move the position over transactions that carried nothing to write."""
+        if self.advance is None or self.batch.pending():
+            return
+        self.reader.confirm(self.advance)
+        if time.monotonic() - self.advanced_at < self.p._settings.advance_interval:
+            return
+        self.sink.begin(self.p.direction)
+        self.sink.commit(self.p.direction, self.advance, datetime.now(UTC))
+        self.advance = None
+        self.advanced_at = time.monotonic()

@@ -1,0 +1,132 @@
+"""Routes: an entity's mapping compiled for one direction.
+
+The configuration speaks of entities, sides and fields; the hot path wants, for a source
+table, where each row goes and which columns flow. :func:`compile_routes` does that
+translation once, so the rules never read the configuration models.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from agent.events import Row, TableId
+
+
+class LinkKind(enum.Enum):
+    """How a source row finds its target row."""
+
+    TARGET_HOLDS_KEY = "target_column"  # target[link_column] == source key (unique on the target)
+    SOURCE_HOLDS_KEY = "source_column"  # target key == source[link_column]
+    SAME_KEY = "same_key"  # target key == source key
+
+
+class CreateMode(enum.Enum):
+    ALWAYS = "always"
+    NEVER = "never"
+    WHEN = "when"
+
+
+class DeleteMode(enum.Enum):
+    PROPAGATE = "propagate"
+    IGNORE = "ignore"
+    FLAG = "flag"
+
+
+@dataclass(frozen=True, slots=True)
+class Predicate:
+    """``column`` in ``values`` (when ``values`` is given), or ``column`` is not NULL."""
+
+    column: str
+    values: frozenset[object] | None = None
+
+    def holds(self, row: Row) -> bool:
+        value = row.get(self.column)
+        if self.values is None:
+            return value is not None
+        return value in self.values
+
+
+@dataclass(frozen=True, slots=True)
+class FieldRoute:
+    """One mapped field in this direction."""
+
+    name: str
+    source_column: str
+    target_column: str
+    owner: str  # a system name or "both"
+    flows: bool  # the source side may set this field on the target
+    value_map: Mapping[object, object] | None = None
+
+    def convert(self, value: object) -> object:
+        """The target's value for a source value (value maps translate; others pass)."""
+        if self.value_map is None or value is None:
+            return value
+        return self.value_map.get(value, value)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Everything the rules need to move one entity's rows from source to target."""
+
+    entity: str
+    direction: str
+    source_table: TableId
+    source_key: str
+    target_table: TableId
+    target_key: str
+    link: LinkKind
+    link_column: str
+    fields: tuple[FieldRoute, ...]
+    create: CreateMode = CreateMode.ALWAYS
+    create_when: tuple[Predicate, ...] = ()
+    delete: DeleteMode = DeleteMode.PROPAGATE
+    delete_flag: tuple[str, object] | None = None
+    defaults: Mapping[str, object] = field(default_factory=dict)
+
+    @property
+    def locator(self) -> str:
+        """The target column that identifies the row."""
+        if self.link is LinkKind.TARGET_HOLDS_KEY:
+            return self.link_column
+        return self.target_key
+
+    def locate(self, row: Row) -> object:
+        """The locator value for a source row (None: the row has no target counterpart yet)."""
+        if self.link is LinkKind.SOURCE_HOLDS_KEY:
+            return row.get(self.link_column)
+        return row.get(self.source_key)
+
+    def may_create(self, row: Row) -> bool:
+        """Whether the target row may be created from this source row."""
+        if self.create is CreateMode.NEVER:
+            return False
+        return all(p.holds(row) for p in self.create_when)
+
+    @property
+    def flowing(self) -> tuple[FieldRoute, ...]:
+        return tuple(f for f in self.fields if f.flows)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTable:
+    """Routes of one direction, looked up by source table."""
+
+    direction: str
+    by_table: Mapping[TableId, tuple[Route, ...]]
+
+    def routes_for(self, table: TableId) -> tuple[Route, ...]:
+        return self.by_table.get(table, ())
+
+    @property
+    def routes(self) -> tuple[Route, ...]:
+        return tuple(r for rs in self.by_table.values() for r in rs)
+
+
+def build_route_table(direction: str, routes: list[Route]) -> RouteTable:
+    """Index routes by their source table."""
+    by_table: dict[TableId, tuple[Route, ...]] = {}
+    for route in routes:
+        by_table[route.source_table] = (*by_table.get(route.source_table, ()), route)
+    return RouteTable(direction, by_table)

@@ -1,0 +1,142 @@
+"""Pipeline batching, loop filter and checkpoint order, with in-memory Source/Sink fakes.
+
+The fakes implement the protocols only (a list of transactions, a list of calls); database
+behaviour is tested against real servers in tests/integration and tests/e2e.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+
+from agent.events import Op, RowChange, TableId, Transaction
+from agent.pipeline import Pipeline, Settings
+from agent.ports import Write
+from agent.routes import FieldRoute, LinkKind, Route, build_route_table
+from tests.polling import wait_until
+
+SRC = TableId("public", "accounts")
+DST = TableId("erp", "customers")
+HEARTBEATS = TableId("cdc_agent", "heartbeats")
+TS = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class ListSource:
+    def __init__(self, items: list[Transaction]) -> None:
+        self.items = list(items)
+        self.opened_after: str | None = "unset"
+        self.confirmed: list[str] = []
+        self.lock = threading.Lock()
+
+    def open(self, after: str | None) -> None:
+        self.opened_after = after
+
+    def poll(self, timeout: float) -> Transaction | None:
+        with self.lock:
+            return self.items.pop(0) if self.items else None
+
+    def confirm(self, position: str) -> None:
+        self.confirmed.append(position)
+
+    def close(self) -> None:
+        pass
+
+
+class CallSink:
+    def __init__(self, checkpoint: str | None = None) -> None:
+        self.calls: list[tuple[str, object]] = []
+        self.checkpoint = checkpoint
+
+    def open(self) -> None:
+        pass
+
+    def read_checkpoint(self, direction: str) -> str | None:
+        return self.checkpoint
+
+    def begin(self, direction: str) -> None:
+        self.calls.append(("begin", direction))
+
+    def write(self, writes: Sequence[Write]) -> None:
+        self.calls.append(("write", [w.key for w in writes]))
+
+    def commit(self, direction: str, position: str, source_commit_ts: datetime) -> None:
+        self.calls.append(("commit", position))
+        self.checkpoint = position
+
+    def rollback(self) -> None:
+        self.calls.append(("rollback", None))
+
+    def fetch(self, table: TableId, key_column: str, keys: Sequence[object],
+              columns: Sequence[str]) -> Mapping[object, Mapping[str, object]]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def change(key: int) -> RowChange:
+    return RowChange(SRC, Op.INSERT, new={"id": key, "name": f"n{key}"})
+
+
+def txn(pos: int, *keys: int, origin: str | None = None, final: bool = True) -> Transaction:
+    return Transaction(f"0/{pos:X}", TS, tuple(change(k) for k in keys), origin=origin, final=final)
+
+
+def run_pipeline(items: list[Transaction], sink: CallSink, **settings: float) -> ListSource:
+    route = Route("customer", "crm_to_erp", SRC, "id", DST, "no", LinkKind.TARGET_HOLDS_KEY,
+                  "crm_id", (FieldRoute("name", "name", "name", "crm", True),))
+    source = ListSource(items)
+    pipeline = Pipeline("crm_to_erp", lambda: source, lambda: sink,
+                        build_route_table("crm_to_erp", [route]), own_origin="mine",
+                        heartbeat_table=HEARTBEATS, settings=Settings(**settings))
+    stop = threading.Event()
+    thread = threading.Thread(target=pipeline.run, args=(stop,))
+    thread.start()
+    try:
+        wait_until(lambda: not source.items and sink.checkpoint == items[-1].position
+                   or bool(source.confirmed and source.confirmed[-1] == items[-1].position),
+                   timeout=5, message="pipeline did not reach the last position")
+    finally:
+        stop.set()
+        thread.join(5)
+    return source
+
+
+def test_checkpoint_commits_after_writes_and_before_confirm() -> None:
+    sink = CallSink()
+    source = run_pipeline([txn(16, 1)], sink)
+    assert sink.calls[:3] == [("begin", "crm_to_erp"), ("write", [{"crm_id": 1}]),
+                              ("commit", "0/10")]
+    assert source.confirmed[0] == "0/10"
+
+
+def test_resumes_after_stored_checkpoint() -> None:
+    sink = CallSink(checkpoint="0/5")
+    source = run_pipeline([txn(16, 1)], sink)
+    assert source.opened_after == "0/5"
+
+
+def test_many_small_transactions_share_a_target_transaction() -> None:
+    sink = CallSink()
+    run_pipeline([txn(i, i) for i in range(1, 201)], sink, max_rows=1000, max_delay=5.0)
+    commits = [c for c in sink.calls if c[0] == "commit"]
+    assert len(commits) < 50
+    assert commits[-1] == ("commit", "0/C8")
+
+
+def test_own_transactions_are_dropped_but_advance() -> None:
+    sink = CallSink()
+    source = run_pipeline([txn(16, 1, origin="mine")], sink)
+    assert not [c for c in sink.calls if c[0] == "write"]
+    assert source.confirmed[-1] == "0/10"
+
+
+def test_large_transaction_gets_its_own_target_transaction() -> None:
+    sink = CallSink()
+    items = [txn(1, 1), txn(2, 2, 3, final=False), txn(2, 4, final=True)]
+    run_pipeline(items, sink, max_rows=1000, max_delay=5.0)
+    kinds = [c[0] for c in sink.calls]
+    first_commit = kinds.index("commit")
+    assert sink.calls[first_commit] == ("commit", "0/1")
+    assert sink.calls[-1] == ("commit", "0/2")
