@@ -35,7 +35,7 @@ class Observer(Protocol):
     def skipped(self, direction: str, reason: str, count: int) -> None: ...
     def heartbeat(self, direction: str, written_at: float) -> None: ...
     def state(self, direction: str, state: str) -> None: ...
-    def retried(self, direction: str, kind: str) -> None: ...
+    def retried(self, direction: str, error: BaseException) -> None: ...
 
 
 class NullObserver:
@@ -53,7 +53,7 @@ class NullObserver:
     def state(self, direction: str, state: str) -> None:
         pass
 
-    def retried(self, direction: str, kind: str) -> None:
+    def retried(self, direction: str, error: BaseException) -> None:
         pass
 
 
@@ -113,7 +113,7 @@ class Pipeline:
                 self._session(stop)
                 return
             except TransientError as error:
-                self._observer.retried(self.direction, type(error).__name__)
+                self._observer.retried(self.direction, error)
                 self._observer.state(self.direction, "retrying")
                 if time.monotonic() - started > 60:
                     delay = self._settings.retry_initial
@@ -149,6 +149,7 @@ class _Session:
         self.reader = reader
         self.batch = _Batch(buffer=[])
         self.advance: str | None = None
+        self.advance_foreign = False
         self.advanced_at = time.monotonic()
 
     def loop(self, stop: threading.Event) -> None:
@@ -178,7 +179,10 @@ class _Session:
         return max(0.0, min(left, 0.2))
 
     def _take(self, item: Transaction) -> None:
-        changes = self._filter(item)
+        own = item.origin is not None and item.origin == self.p._own_origin
+        log.debug("%s: transaction at %s: %d changes, origin %s, final %s", self.p.direction,
+                  item.position, len(item.changes), item.origin, item.final)
+        changes = self._filter(item, own)
         batch = self.batch
         if changes:
             if not item.final and not batch.in_partial and batch.txns > 0:
@@ -192,20 +196,24 @@ class _Session:
                 self._flush()
         batch.in_partial = not item.final
         if item.final:
-            self._close_transaction(item)
+            self._close_transaction(item, own)
 
-    def _close_transaction(self, item: Transaction) -> None:
+    def _close_transaction(self, item: Transaction, own: bool) -> None:
         batch = self.batch
         if batch.pending():
             batch.boundary = item.position
             batch.source_ts = item.commit_ts
             batch.txns += 1
-        else:
-            self.advance = item.position
+            return
+        self.advance = item.position
+        # Only a position past someone else's transaction is worth storing on its own: the
+        # store itself is an agent transaction that the other direction reads back as its
+        # own, and storing that again would ping-pong between the two forever.
+        self.advance_foreign = self.advance_foreign or not own
 
-    def _filter(self, item: Transaction) -> list[RowChange]:
+    def _filter(self, item: Transaction, own: bool) -> list[RowChange]:
         """Drop the agent's own transactions and heartbeat rows; keep the rest."""
-        if item.origin is not None and item.origin == self.p._own_origin:
+        if own:
             if item.changes:
                 self.p._observer.skipped(self.p.direction, "loop", len(item.changes))
             return []
@@ -246,6 +254,8 @@ class _Session:
         result = rules.plan(self.p.routes, batch.buffer, view)
         for reason, count in result.skipped.items():
             self.p._observer.skipped(self.p.direction, reason, count)
+        log.debug("%s: %d changes -> %d writes", self.p.direction, len(batch.buffer),
+                  len(result.writes))
         if result.writes:
             self.sink.write(result.writes)
         batch.buffer = []
@@ -262,17 +272,23 @@ class _Session:
         self.reader.confirm(batch.boundary)
         self.p._observer.committed(self.p.direction, batch.txns, batch.rows, batch.source_ts)
         self.advance = None
+        self.advance_foreign = False
         self.advanced_at = time.monotonic()
         self.batch = _Batch(buffer=[])
 
     def _maybe_advance(self) -> None:
-        """Move the position over transactions that carried nothing to write."""
-        if self.advance is None or self.batch.pending():
+        """Store, then confirm, a position that carried nothing to write.
+
+        The source is confirmed only up to a stored checkpoint, never past it: on restart the
+        reader refuses a slot that is ahead of the checkpoint (it would skip data silently).
+        """
+        if self.advance is None or not self.advance_foreign or self.batch.pending():
             return
-        self.reader.confirm(self.advance)
         if time.monotonic() - self.advanced_at < self.p._settings.advance_interval:
             return
         self.sink.begin(self.p.direction)
         self.sink.commit(self.p.direction, self.advance, datetime.now(UTC))
+        self.reader.confirm(self.advance)
         self.advance = None
+        self.advance_foreign = False
         self.advanced_at = time.monotonic()

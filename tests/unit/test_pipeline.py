@@ -94,7 +94,7 @@ def run_pipeline(items: list[Transaction], sink: CallSink, **settings: float) ->
     thread = threading.Thread(target=pipeline.run, args=(stop,))
     thread.start()
     try:
-        wait_until(lambda: not source.items and sink.checkpoint == items[-1].position
+        wait_until(lambda: (not source.items and sink.checkpoint == items[-1].position)
                    or bool(source.confirmed and source.confirmed[-1] == items[-1].position),
                    timeout=5, message="pipeline did not reach the last position")
     finally:
@@ -125,11 +125,30 @@ def test_many_small_transactions_share_a_target_transaction() -> None:
     assert commits[-1] == ("commit", "0/C8")
 
 
-def test_own_transactions_are_dropped_but_advance() -> None:
+def test_own_transactions_are_dropped_and_stored_with_the_next_foreign_position() -> None:
     sink = CallSink()
-    source = run_pipeline([txn(16, 1, origin="mine")], sink)
+    items = [txn(16, 1, origin="mine"), Transaction("0/20", TS, ())]
+    source = run_pipeline(items, sink, advance_interval=0.0)
     assert not [c for c in sink.calls if c[0] == "write"]
-    assert source.confirmed[-1] == "0/10"
+    assert sink.calls[-1] == ("commit", "0/20")
+    assert source.confirmed == ["0/20"]  # confirmed only once stored
+
+
+def test_own_transactions_alone_are_never_stored_so_directions_cannot_ping_pong() -> None:
+    sink = CallSink()
+    route = Route("customer", "crm_to_erp", SRC, "id", DST, "no", LinkKind.TARGET_HOLDS_KEY,
+                  "crm_id", (FieldRoute("name", "name", "name", "crm", True),))
+    source = ListSource([txn(16, 1, origin="mine")])
+    pipeline = Pipeline("crm_to_erp", lambda: source, lambda: sink,
+                        build_route_table("crm_to_erp", [route]), own_origin="mine",
+                        heartbeat_table=HEARTBEATS, settings=Settings(advance_interval=0.0))
+    stop = threading.Event()
+    thread = threading.Thread(target=pipeline.run, args=(stop,))
+    thread.start()
+    wait_until(lambda: not source.items, timeout=5)
+    stop.set()
+    thread.join(5)
+    assert sink.calls == [] and source.confirmed == []
 
 
 def test_large_transaction_gets_its_own_target_transaction() -> None:

@@ -138,7 +138,8 @@ def test_delete_ignore_and_flag() -> None:
 
 def test_source_holds_key_link_locates_by_target_key_and_inserts_unlinked() -> None:
     r = route(link=LinkKind.SOURCE_HOLDS_KEY, link_column="erp_customer_no")
-    [write] = run([RowChange(ACCOUNTS, Op.INSERT, new={**ROW, "erp_customer_no": None})], r=r).writes
+    unlinked = {**ROW, "erp_customer_no": None}
+    [write] = run([RowChange(ACCOUNTS, Op.INSERT, new=unlinked)], r=r).writes
     assert write.kind is WriteKind.INSERT and write.key == {}
     linked = {**ROW, "erp_customer_no": 1001}
     [write] = run([RowChange(ACCOUNTS, Op.UPDATE, new=linked)], {1001: {"name": "x"}}, r=r).writes

@@ -1,0 +1,95 @@
+"""Administrative operations on the servers: setup, teardown and the live preflight check."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from agent.config import Config
+from agent.config.catalog_check import check_catalog
+from agent.config.models import PostgresSystem
+from agent.events import TableId
+from agent.wiring import mapped_tables, mysql_params, names
+
+
+def _origins_into(config: Config, system: str) -> list[str]:
+    """Replication origins that tag the agent's writes into ``system``."""
+    return [names(config).origin(d.name) for d in config.directions() if d.target == system]
+
+
+def setup(config: Config) -> list[str]:
+    """Create the state schema, publication, slot and origins on every system (idempotent)."""
+    done = []
+    n = names(config)
+    for name, system in config.systems.items():
+        tables = mapped_tables(config, name)
+        if isinstance(system, PostgresSystem):
+            from connectors.postgres import catalog as pg
+
+            pg.setup(system.conninfo(), state_schema=n.state_schema, publication=n.publication,
+                     slot=n.slot, tables=tables, origins=_origins_into(config, name))
+            done.append(f"{name}: schema {n.state_schema}, publication and slot {n.slot}")
+        else:
+            from connectors.mysql import catalog as my
+
+            my.setup(mysql_params(system), state_schema=n.state_schema)
+            done.append(f"{name}: database {n.state_schema}")
+    return done
+
+
+def teardown(config: Config) -> list[str]:
+    """Drop what setup created, the slot included (idempotent)."""
+    done = []
+    n = names(config)
+    for name, system in config.systems.items():
+        if isinstance(system, PostgresSystem):
+            from connectors.postgres import catalog as pg
+
+            pg.teardown(system.conninfo(), state_schema=n.state_schema,
+                        publication=n.publication, slot=n.slot,
+                        origins=_origins_into(config, name))
+        else:
+            from connectors.mysql import catalog as my
+
+            my.teardown(mysql_params(system), state_schema=n.state_schema)
+        done.append(f"{name}: removed")
+    return done
+
+
+def describe(config: Config, system: str) -> Mapping[TableId, Mapping[str, str]]:
+    """Columns and types of the tables ``system`` maps."""
+    spec = config.systems[system]
+    tables = mapped_tables(config, system)
+    if isinstance(spec, PostgresSystem):
+        from connectors.postgres import catalog as pg
+
+        return pg.describe(spec.conninfo(), tables)
+    from connectors.mysql import catalog as my
+
+    return my.describe(mysql_params(spec), tables)
+
+
+def catalog_problems(config: Config) -> list[str]:
+    """Configured tables and columns that do not exist, as 'file:line: path: message'."""
+    problems: list[str] = []
+    for system in config.systems:
+        problems += check_catalog(config, system, describe(config, system))
+    return problems
+
+
+def server_problems(config: Config) -> list[str]:
+    """Server settings and privileges that stop replication (wal_level, binlog format...)."""
+    problems: list[str] = []
+    n = names(config)
+    for name, system in config.systems.items():
+        tables = mapped_tables(config, name)
+        if isinstance(system, PostgresSystem):
+            from connectors.postgres import catalog as pg
+
+            found = pg.check(system.conninfo(), tables=tables, slot=n.slot,
+                             publication=n.publication)
+        else:
+            from connectors.mysql import catalog as my
+
+            found = my.check(mysql_params(system), tables=tables)
+        problems += [f"{name}: {p}" for p in found]
+    return problems

@@ -1,0 +1,218 @@
+"""Wiring: configuration -> routes, sources, sinks and state-object names.
+
+The only module that knows both the configuration models and the connectors' constructors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from agent.config import (
+    Config,
+    Direction,
+    EntityConfig,
+    MysqlSystem,
+    PostgresSystem,
+    SystemConfig,
+)
+from agent.events import TableId
+from agent.ports import Sink, Source
+from agent.routes import (
+    CreateMode,
+    DeleteMode,
+    FieldRoute,
+    LinkKind,
+    Predicate,
+    Route,
+    RouteTable,
+    build_route_table,
+)
+
+if TYPE_CHECKING:
+    from connectors.mysql import MysqlParams
+
+
+@dataclass(frozen=True)
+class Names:
+    """Names of the objects the agent owns on the servers (derived from agent.name)."""
+
+    agent: str
+    state_schema: str
+
+    @property
+    def slot(self) -> str:
+        return f"cdc_agent_{self.agent}"
+
+    @property
+    def publication(self) -> str:
+        return f"cdc_agent_{self.agent}"
+
+    def origin(self, direction: str) -> str:
+        """The PostgreSQL replication origin that tags what ``direction`` writes."""
+        return f"cdc_agent_{self.agent}_{direction}"
+
+    @property
+    def heartbeats(self) -> TableId:
+        return TableId(self.state_schema, "heartbeats")
+
+
+def names(config: Config) -> Names:
+    return Names(config.agent.name, config.agent.state_schema)
+
+
+def table_of(config: Config, system: str, entity: EntityConfig) -> TableId:
+    """The entity's table on ``system`` as a TableId (schema = PostgreSQL schema or MySQL db)."""
+    return entity.table(system)
+
+
+def mapped_tables(config: Config, system: str) -> list[TableId]:
+    """Every table of ``system`` that some entity maps, in config order, without repeats."""
+    tables: list[TableId] = []
+    for entity in config.entities.values():
+        if system in entity.sides:
+            table = table_of(config, system, entity)
+            if table not in tables:
+                tables.append(table)
+    return tables
+
+
+def _link(entity: EntityConfig, source: str, target: str) -> tuple[LinkKind, str]:
+    link = entity.link
+    if link.kind == "column" and link.column is not None:
+        if link.side == target:
+            return LinkKind.TARGET_HOLDS_KEY, link.column
+        return LinkKind.SOURCE_HOLDS_KEY, link.column
+    return LinkKind.SAME_KEY, entity.key(target)
+
+
+def _create(entity: EntityConfig, target: str) -> tuple[CreateMode, tuple[Predicate, ...]]:
+    rule = entity.create.get(target)
+    if rule is None or rule.mode == "always":
+        return CreateMode.ALWAYS, ()
+    if rule.mode == "never":
+        return CreateMode.NEVER, ()
+    predicates = tuple(
+        Predicate(column, None if c.kind == "not_null" else frozenset(c.any_of))
+        for column, c in rule.when.items()
+    )
+    return CreateMode.WHEN, predicates
+
+
+def _delete(entity: EntityConfig, direction: str) -> tuple[DeleteMode, tuple[str, object] | None]:
+    rule = entity.delete.get(direction)
+    if rule is None or rule.mode == "propagate":
+        return DeleteMode.PROPAGATE, None
+    if rule.mode == "ignore":
+        return DeleteMode.IGNORE, None
+    assert rule.flag is not None
+    return DeleteMode.FLAG, (rule.flag.column, rule.flag.value)
+
+
+def _fields(config: Config, entity: EntityConfig, source: str,
+            target: str) -> tuple[FieldRoute, ...]:
+    first = next(iter(config.systems))
+    routes = []
+    for name, f in entity.fields.items():
+        if source not in f.columns or target not in f.columns:
+            continue
+        value_map: dict[object, object] | None = {
+            k: v for k, v in f.value_map(source, first).items()} or None
+        routes.append(FieldRoute(name, f.columns[source], f.columns[target], f.owner,
+                                 f.flows_from(source), value_map))
+    return tuple(routes)
+
+
+def compile_route(config: Config, name: str, entity: EntityConfig, direction: Direction) -> Route:
+    """One entity's mapping for one direction."""
+    source, target = direction.source, direction.target
+    link, link_column = _link(entity, source, target)
+    create, when = _create(entity, target)
+    delete, flag = _delete(entity, direction.name)
+    return Route(
+        entity=name,
+        direction=direction.name,
+        source_table=table_of(config, source, entity),
+        source_key=entity.key(source),
+        target_table=table_of(config, target, entity),
+        target_key=entity.key(target),
+        link=link,
+        link_column=link_column,
+        fields=_fields(config, entity, source, target),
+        create=create,
+        create_when=when,
+        delete=delete,
+        delete_flag=flag,
+        defaults=dict(entity.defaults.get(target, {})),
+    )
+
+
+def route_table(config: Config, direction: Direction) -> RouteTable:
+    """All entities' routes for one direction."""
+    routes = [
+        compile_route(config, name, entity, direction)
+        for name, entity in config.entities.items()
+        if direction.source in entity.sides and direction.target in entity.sides
+    ]
+    return build_route_table(direction.name, [r for r in routes if r.flowing])
+
+
+def reverse(direction: Direction) -> str:
+    return f"{direction.target}_to_{direction.source}"
+
+
+def own_origin(config: Config, direction: Direction) -> str:
+    """How the source marks transactions the agent itself wrote into it."""
+    system = config.systems[direction.source]
+    back = reverse(direction)
+    return names(config).origin(back) if isinstance(system, PostgresSystem) else back
+
+
+def mysql_params(system: MysqlSystem) -> MysqlParams:
+    from connectors.mysql import MysqlParams
+
+    return MysqlParams(
+        host=system.host,
+        port=system.port,
+        user=system.user,
+        password=system.password.get_secret_value() if system.password else "",
+        database=system.database,
+        timezone=system.timezone,
+        tls_ca=str(system.tls.ca) if system.tls and system.tls.ca else None,
+        tls_verify_identity=bool(system.tls and system.tls.verify_identity),
+        connect_timeout=system.connect_timeout,
+    )
+
+
+def source_factory(config: Config, direction: Direction) -> Callable[[], Source]:
+    """A function that makes a fresh, unopened source for ``direction``."""
+    system: SystemConfig = config.systems[direction.source]
+    n = names(config)
+    tables = set(mapped_tables(config, direction.source)) | {n.heartbeats}
+    if isinstance(system, PostgresSystem):
+        from connectors.postgres.reader import PgSource
+
+        conninfo = system.conninfo()
+        return lambda: PgSource(conninfo, slot=n.slot, publication=n.publication)
+    from connectors.mysql.reader import MySource
+
+    params = mysql_params(system)
+    return lambda: MySource(params, server_id=system.server_id, state_schema=n.state_schema,
+                            tables=tables)
+
+
+def sink_factory(config: Config, direction: Direction) -> Callable[[], Sink]:
+    """A function that makes a fresh, unopened sink for ``direction``."""
+    system = config.systems[direction.target]
+    n = names(config)
+    if isinstance(system, PostgresSystem):
+        from connectors.postgres.writer import PgSink
+
+        conninfo = system.conninfo()
+        origin = n.origin(direction.name)
+        return lambda: PgSink(conninfo, state_schema=n.state_schema, origin=origin)
+    from connectors.mysql.writer import MySink
+
+    params = mysql_params(system)
+    return lambda: MySink(params, state_schema=n.state_schema)

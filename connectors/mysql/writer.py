@@ -1,0 +1,329 @@
+"""MySQL/MariaDB sink: applies writes in one target transaction per batch (PyMySQL).
+
+Session: strict ``sql_mode``, utf8mb4, autocommit off, ``time_zone='+00:00'`` and the
+FOUND_ROWS client flag (an UPDATE reports matched rows, not changed rows).
+
+Every transaction starts with the loop marker, an upsert of ``<state_schema>.checkpoints``
+for the direction (``seq = seq + 1`` so the row really changes: MySQL does not log an UPDATE
+that changes nothing); the binlog reader recognises the agent's own transactions by it.
+:meth:`MySink.commit` stores the source position in the same row, then commits.
+
+Generated keys: after :meth:`MySink.write`, :attr:`MySink.last_insert_ids` maps the index of
+each INSERT write (in the sequence given to ``write``) to its AUTO_INCREMENT value.
+
+Errors are classified by errno (:mod:`connectors.mysql.errors`). A row error raises
+:class:`~connectors.mysql.errors.WriteRowError` naming the failing write's index; the
+transaction stays open with the earlier writes applied, for the caller to roll back. After a
+TransientError the connection is dropped and the next :meth:`begin` reconnects; the caller
+retries the batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from itertools import groupby
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pymysql
+from pymysql.constants import CLIENT
+from pymysql.cursors import Cursor
+
+from agent.errors import AgentError, RowError, TransientError
+from agent.events import TableId
+from agent.ports import Write, WriteKind
+from connectors.mysql import MysqlParams, connect_kwargs
+from connectors.mysql.catalog import load_columns, quote_ident, quote_table
+from connectors.mysql.errors import WriteRowError, classify
+from connectors.mysql.values import ColumnDef, Kind, converter, to_param
+
+SQL_MODE = "STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE,ERROR_FOR_DIVISION_BY_ZERO"
+_INIT = f"SET SESSION sql_mode='{SQL_MODE}', time_zone='+00:00'"
+UPSERT_ROWS_PER_STATEMENT = 500
+FETCH_KEYS_PER_STATEMENT = 1000
+
+
+class MySink:
+    """agent.ports.Sink for MySQL/MariaDB (see the module docstring)."""
+
+    def __init__(self, params: MysqlParams, *, state_schema: str) -> None:
+        self._params = params
+        self._zone = ZoneInfo(params.timezone)
+        self._checkpoints = f"{quote_ident(state_schema)}.`checkpoints`"
+        self._conn: pymysql.connections.Connection[Cursor] | None = None
+        self._columns: dict[TableId, dict[str, ColumnDef]] = {}
+        self._in_tx = False
+        self.last_insert_ids: dict[int, int] = {}
+
+    # -- connection -----------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Connect and prepare the session."""
+        if self._conn is not None and self._conn.open:
+            return
+        try:
+            self._conn = pymysql.connect(
+                **connect_kwargs(self._params, database=self._params.database),
+                autocommit=False, client_flag=CLIENT.FOUND_ROWS, init_command=_INIT,
+            )
+        except pymysql.err.MySQLError as exc:
+            raise classify(exc, context=f"connect to {self._params.host}") from exc
+        self._in_tx = False
+
+    def close(self) -> None:
+        """Disconnect (an open transaction is rolled back by the server); safe to call twice."""
+        conn, self._conn = self._conn, None
+        self._in_tx = False
+        if conn is not None and conn.open:
+            with contextlib.suppress(pymysql.err.Error):  # the server side is gone already
+                conn.close()
+
+    def _cursor(self) -> Cursor:
+        if self._conn is None or not self._conn.open:
+            self.open()
+        assert self._conn is not None
+        return self._conn.cursor()
+
+    def _fail(self, exc: BaseException, context: str) -> AgentError:
+        error = classify(exc, context=context)
+        if isinstance(error, TransientError):
+            self.close()  # the session may be dead or its transaction rolled back
+        return error
+
+    # -- transactions ---------------------------------------------------------------------
+
+    def begin(self, direction: str) -> None:
+        """START TRANSACTION, then the loop marker as its first change."""
+        try:
+            with self._cursor() as cur:
+                cur.execute("START TRANSACTION")
+                self._in_tx = True
+                cur.execute(
+                    f"INSERT INTO {self._checkpoints} (`direction`, `seq`) VALUES (%s, 1)"
+                    " ON DUPLICATE KEY UPDATE `seq` = `seq` + 1",
+                    (direction,),
+                )
+        except pymysql.err.MySQLError as exc:
+            raise self._fail(exc, "begin") from exc
+
+    def commit(self, direction: str, position: str, source_commit_ts: datetime) -> None:
+        """Store the checkpoint in the open transaction, then COMMIT."""
+        ts = source_commit_ts.astimezone(UTC).replace(tzinfo=None)
+        try:
+            with self._cursor() as cur:
+                cur.execute(
+                    f"UPDATE {self._checkpoints} SET `position` = %s, `source_commit_ts` = %s,"
+                    " `applied_at` = UTC_TIMESTAMP(6) WHERE `direction` = %s",
+                    (position, ts, direction),
+                )
+            assert self._conn is not None
+            self._conn.commit()
+            self._in_tx = False
+        except pymysql.err.MySQLError as exc:
+            raise self._fail(exc, "commit") from exc
+
+    def rollback(self) -> None:
+        """Abandon the open transaction, if any (a dead connection is simply dropped)."""
+        if self._conn is None or not self._in_tx:
+            return
+        try:
+            self._conn.rollback()
+            self._in_tx = False
+        except pymysql.err.MySQLError:
+            self.close()
+
+    def read_checkpoint(self, direction: str) -> str | None:
+        """The last source position committed for ``direction``, or None."""
+        try:
+            with self._cursor() as cur:
+                cur.execute(
+                    f"SELECT `position` FROM {self._checkpoints} WHERE `direction` = %s",
+                    (direction,),
+                )
+                row = cur.fetchone()
+            self._end_read()
+        except pymysql.err.MySQLError as exc:
+            raise self._fail(exc, "read checkpoint") from exc
+        return None if row is None or row[0] is None else str(row[0])
+
+    def _end_read(self) -> None:
+        # Outside a batch a SELECT opened a transaction (autocommit is off); end it so the
+        # session holds no snapshot.
+        if not self._in_tx and self._conn is not None:
+            self._conn.rollback()
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def write(self, writes: Sequence[Write]) -> None:
+        """Apply ``writes`` in order inside the open transaction."""
+        self.last_insert_ids = {}
+        indexed = list(enumerate(writes))
+        for (table, kind, _shape), group in groupby(indexed, key=_shape_of):
+            batch = list(group)
+            if kind is WriteKind.UPSERT:
+                self._upserts(table, batch)
+            else:
+                for index, item in batch:
+                    self._single(index, item)
+
+    def _upserts(self, table: TableId, batch: list[tuple[int, Write]]) -> None:
+        for start in range(0, len(batch), UPSERT_ROWS_PER_STATEMENT):
+            part = batch[start : start + UPSERT_ROWS_PER_STATEMENT]
+            if len(part) == 1 or not self._upsert_rows(table, part):
+                # One row, or a row error somewhere in a multi-row statement (which was
+                # undone as a whole): row by row, so the error names the failing write.
+                for index, item in part:
+                    self._single(index, item)
+
+    def _upsert_rows(self, table: TableId, part: list[tuple[int, Write]]) -> bool:
+        """One multi-row upsert; False (nothing applied) if some row cannot be applied."""
+        first = part[0][1]
+        columns = _insert_columns(first)
+        try:
+            args = [p for _, w in part for p in self._params_of(table, w, columns)]
+            with self._cursor() as cur:
+                cur.execute(_upsert_sql(table, columns, first, len(part)), args)
+        except RowError:
+            return False
+        except pymysql.err.MySQLError as exc:
+            error = self._fail(exc, str(table))
+            if isinstance(error, RowError):
+                return False
+            raise error from exc
+        return True
+
+    def _single(self, index: int, item: Write) -> None:
+        try:
+            sql, args = self._statement(item)
+            with self._cursor() as cur:
+                cur.execute(sql, args)
+                if item.kind is WriteKind.INSERT and cur.lastrowid:
+                    self.last_insert_ids[index] = int(cur.lastrowid)
+        except pymysql.err.MySQLError as exc:
+            raise _at(self._fail(exc, str(item.table)), index) from exc
+        except RowError as exc:  # a value no column can hold
+            raise _at(exc, index) from exc
+
+    def _statement(self, item: Write) -> tuple[str, list[object]]:
+        table = quote_table(item.table)
+        if item.kind is WriteKind.UPSERT:
+            columns = _insert_columns(item)
+            return _upsert_sql(item.table, columns, item, 1), self._params_of(
+                item.table, item, columns)
+        if item.kind is WriteKind.INSERT:
+            columns = _insert_columns(item)
+            sql = (f"INSERT INTO {table} ({_names(columns)})"
+                   f" VALUES ({', '.join(['%s'] * len(columns))})")
+            return sql, self._params_of(item.table, item, columns)
+        where, key_args = self._where(item)
+        if item.kind is WriteKind.DELETE:
+            return f"DELETE FROM {table} WHERE {where}", key_args
+        columns = [*item.values]
+        sets = ", ".join(f"{quote_ident(c)} = %s" for c in columns)
+        return (f"UPDATE {table} SET {sets} WHERE {where}",
+                self._values(item.table, item.values, columns) + key_args)
+
+    def _where(self, item: Write) -> tuple[str, list[object]]:
+        # <=> is NULL-safe equality: a NULL key part matches a NULL column.
+        where = " AND ".join(f"{quote_ident(c)} <=> %s" for c in item.key)
+        return where, self._values(item.table, item.key, list(item.key))
+
+    def _params_of(self, table: TableId, item: Write, columns: list[str]) -> list[object]:
+        merged = {**item.defaults, **item.values, **item.key}
+        return self._values(table, merged, columns)
+
+    def _values(self, table: TableId, values: Mapping[str, object],
+                columns: list[str]) -> list[object]:
+        defs = self._column_defs(table)
+        return [
+            to_param(defs[c].kind if c in defs else Kind.OTHER, values[c], self._zone, c)
+            for c in columns
+        ]
+
+    def _column_defs(self, table: TableId) -> dict[str, ColumnDef]:
+        defs = self._columns.get(table)
+        if defs is None:
+            try:
+                with self._cursor() as cur:
+                    defs = load_columns(cur, table)
+            except pymysql.err.MySQLError as exc:
+                raise self._fail(exc, f"columns of {table}") from exc
+            self._columns[table] = defs
+        return defs
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def fetch(self, table: TableId, key_column: str, keys: Sequence[object],
+              columns: Sequence[str]) -> Mapping[object, Mapping[str, object]]:
+        """Current values of ``columns`` for the rows whose ``key_column`` is in ``keys``.
+
+        Values use the reader's representation (:mod:`connectors.mysql.values`).
+        """
+        defs = self._column_defs(table)
+        wanted = [key_column, *(c for c in columns if c != key_column)]
+        convert = {c: converter(defs[c].kind, self._zone) if c in defs else None for c in wanted}
+        result: dict[object, Mapping[str, object]] = {}
+        try:
+            for chunk in _chunks(list(keys), FETCH_KEYS_PER_STATEMENT):
+                for row in self._select(table, key_column, wanted, chunk):
+                    values = {c: _apply(convert[c], v) for c, v in zip(wanted, row, strict=True)}
+                    result[values[key_column]] = {c: values[c] for c in columns}
+            self._end_read()
+        except pymysql.err.MySQLError as exc:
+            raise self._fail(exc, f"fetch from {table}") from exc
+        return result
+
+    def _select(self, table: TableId, key_column: str, wanted: list[str],
+                keys: list[object]) -> list[tuple[object, ...]]:
+        kind = self._column_defs(table).get(key_column)
+        args = [to_param(kind.kind if kind else Kind.OTHER, k, self._zone) for k in keys]
+        sql = (f"SELECT {_names(wanted)} FROM {quote_table(table)} WHERE"
+               f" {quote_ident(key_column)} IN ({', '.join(['%s'] * len(keys))})")
+        with self._cursor() as cur:
+            cur.execute(sql, args)
+            return list(cur.fetchall())
+
+
+def _shape_of(indexed: tuple[int, Write]) -> tuple[TableId, WriteKind, object]:
+    item = indexed[1]
+    if item.kind is WriteKind.UPSERT:
+        return item.table, item.kind, (tuple(item.key), tuple(item.values), tuple(item.defaults))
+    return item.table, item.kind, indexed[0]  # never grouped
+
+
+def _names(columns: Sequence[str]) -> str:
+    return ", ".join(quote_ident(c) for c in columns)
+
+
+def _insert_columns(item: Write) -> list[str]:
+    """Key, values, then the insert-only defaults, each column once."""
+    columns = [*item.key, *(c for c in item.values if c not in item.key)]
+    return columns + [c for c in item.defaults if c not in columns]
+
+
+def _upsert_sql(table: TableId, columns: list[str], item: Write, rows: int) -> str:
+    row = f"({', '.join(['%s'] * len(columns))})"
+    # Defaults are set only by the INSERT: an existing row keeps its own values.
+    updates = [c for c in item.values if c not in item.key] or [columns[0]]
+    # VALUES(col) works on MariaDB and MySQL 8 (where it is deprecated but still supported).
+    assignments = ", ".join(f"{quote_ident(c)} = VALUES({quote_ident(c)})" for c in updates)
+    return (f"INSERT INTO {quote_table(table)} ({_names(columns)}) VALUES"
+            f" {', '.join([row] * rows)} ON DUPLICATE KEY UPDATE {assignments}")
+
+
+def _at(error: AgentError, index: int) -> AgentError:
+    if isinstance(error, RowError) and not isinstance(error, WriteRowError):
+        message = str(error).removeprefix(f"{error.error_class}: ")
+        return WriteRowError(error.error_class, message, index)
+    return error
+
+
+def _apply(convert: Any, value: object) -> object:
+    return value if convert is None or value is None else convert(value)
+
+
+def _chunks(items: list[object], size: int) -> Iterator[list[object]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,315 @@
+"""PostgreSQL sink: applies writes and the checkpoint in one transaction per batch.
+
+Loop prevention: the session runs ``pg_replication_origin_session_setup(origin)``, so every
+transaction it commits carries the origin and the reader on this database drops it.
+
+Values: every value is sent as the text the column type's input function parses
+(:func:`connectors.postgres.values.to_param`) with an untyped parameter, so the server
+converts it for the actual column type exactly (numeric, json/jsonb, timestamp...). The
+session runs in UTC: an aware datetime is an instant; a naive datetime is a wall-clock
+time, stored as given in a ``timestamp`` column and read as UTC by a ``timestamptz`` one.
+
+INSERT writes (target-assigned keys) return the new row's primary key: after
+:meth:`PgSink.write`, :attr:`PgSink.returned_keys` lists ``(index, key)`` pairs, ``index``
+being the position of the INSERT in the ``writes`` passed to that call.
+
+Errors: a transient failure raises ``TransientError``, a row's data or constraint failure
+``RowError``; in both cases the whole open transaction is rolled back (the caller retries
+the batch, or smaller parts of it to isolate the failing row).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from itertools import groupby
+
+import psycopg
+from psycopg import sql
+from psycopg.types.string import TextLoader
+
+from agent.errors import PermanentError, RowError, TransientError
+from agent.events import TableId
+from agent.ports import Write, WriteKind
+from connectors.postgres.errors import translate
+from connectors.postgres.values import converter_for, to_param
+
+__all__ = ["PgSink"]
+
+SESSION_OPTIONS = (
+    "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=postgres -c bytea_output=hex"
+    " -c extra_float_digits=1 -c statement_timeout=0 -c idle_in_transaction_session_timeout=0"
+)
+_NAME = re.compile(r"^[a-z0-9_]{1,63}$")
+_FETCH_CHUNK = 1000
+
+Conn = psycopg.Connection[tuple[object, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class _TableMeta:
+    type_oids: Mapping[str, int]
+    primary_key: tuple[str, ...]
+
+
+_COLUMNS_SQL = """
+SELECT a.attname, a.atttypid::int, coalesce(a.attnum = ANY(i.indkey), false),
+       array_position(i.indkey::int2[], a.attnum)
+FROM pg_attribute a
+LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
+WHERE a.attrelid = to_regclass(quote_ident(%s) || '.' || quote_ident(%s))
+  AND a.attnum > 0 AND NOT a.attisdropped
+"""
+
+
+class PgSink:
+    """Writes to one PostgreSQL database (implements Sink)."""
+
+    def __init__(self, conninfo: str, *, state_schema: str, origin: str) -> None:
+        for label, name in (("state_schema", state_schema), ("origin", origin)):
+            if not _NAME.match(name):
+                raise ValueError(f"{label} must match [a-z0-9_]{{1,63}}: {name!r}")
+        self._conninfo = conninfo
+        self._origin = origin
+        self._checkpoints = sql.Identifier(state_schema, "checkpoints")
+        self._conn: Conn | None = None
+        self._meta: dict[TableId, _TableMeta] = {}
+        self.returned_keys: list[tuple[int, dict[str, object]]] = []
+        """Primary keys assigned to the INSERT writes of the last :meth:`write` call."""
+
+    # --- Sink protocol -----------------------------------------------------------------
+
+    def open(self) -> None:
+        """Connect and tag the session with the replication origin."""
+        self.close()
+        try:
+            conn = psycopg.connect(
+                self._conninfo,
+                autocommit=False,
+                application_name="cdc-agent",
+                options=SESSION_OPTIONS,
+            )
+        except psycopg.Error as exc:
+            raise translate(exc, "connecting") from exc
+        self._conn = conn
+        with self._guard("replication origin session setup"):
+            conn.execute("SELECT pg_replication_origin_session_setup(%s)", [self._origin])
+            conn.commit()
+
+    def read_checkpoint(self, direction: str) -> str | None:
+        """The last position committed for ``direction``, or None."""
+        query = sql.SQL("SELECT position FROM {} WHERE direction = %s").format(self._checkpoints)
+        with self._guard("reading the checkpoint"):
+            conn = self._connection()
+            row = conn.execute(query, [direction]).fetchone()
+            conn.rollback()
+        return None if row is None else str(row[0])
+
+    def begin(self, direction: str) -> None:
+        """Start a target transaction (reconnecting first if the connection was lost)."""
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self.open()
+        self.rollback()
+        self.returned_keys = []
+
+    def write(self, writes: Sequence[Write]) -> None:
+        """Apply ``writes`` in order; runs of the same shape go out as one executemany."""
+        self.returned_keys = []
+        with self._guard("applying writes"):
+            conn = self._connection()
+            indexed = list(enumerate(writes))
+            for _, run in groupby(indexed, key=lambda item: _shape(item[1])):
+                self._apply_run(conn, list(run))
+
+    def commit(self, direction: str, position: str, source_commit_ts: datetime) -> None:
+        """Upsert the checkpoint row in the open transaction, then COMMIT."""
+        query = sql.SQL(
+            "INSERT INTO {} AS c (direction, position, source_commit_ts) VALUES (%s, %s, %s)"
+            " ON CONFLICT (direction) DO UPDATE SET position = EXCLUDED.position,"
+            " source_commit_ts = EXCLUDED.source_commit_ts, applied_at = now()"
+        ).format(self._checkpoints)
+        with self._guard("committing"):
+            conn = self._connection()
+            conn.execute(query, [direction, position, source_commit_ts])
+            conn.commit()
+
+    def rollback(self) -> None:
+        """Abandon the open transaction, if any (a lost connection is simply dropped)."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return
+        try:
+            conn.rollback()
+        except psycopg.Error:
+            self.close()
+
+    def fetch(
+        self, table: TableId, key_column: str, keys: Sequence[object], columns: Sequence[str]
+    ) -> Mapping[object, Mapping[str, object]]:
+        """Current values of ``columns`` for rows whose ``key_column`` is in ``keys``.
+
+        Values come back in the reader's representation (see :mod:`values`), keyed by the
+        key column's value in that representation.
+        """
+        result: dict[object, Mapping[str, object]] = {}
+        with self._guard(f"reading {table}"):
+            conn = self._connection()
+            meta = self._table_meta(conn, table)
+            names = [key_column, *columns]
+            for start in range(0, len(keys), _FETCH_CHUNK):
+                chunk = keys[start : start + _FETCH_CHUNK]
+                for row in self._select(conn, table, meta, names, chunk):
+                    result[row[key_column]] = {c: row[c] for c in columns}
+        return result
+
+    def close(self) -> None:
+        """Disconnect; safe to call twice."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _connection(self) -> Conn:
+        if self._conn is None or self._conn.closed:
+            raise TransientError("the sink connection is not open")
+        return self._conn
+
+    @contextmanager
+    def _guard(self, context: str) -> Iterator[None]:
+        try:
+            yield
+        except psycopg.Error as exc:
+            self.rollback()
+            if self._conn is not None and self._conn.broken:
+                self.close()
+            raise translate(exc, context) from exc
+        except (TypeError, ValueError) as exc:  # a value to_param cannot convert
+            self.rollback()
+            raise RowError("22000 data_exception", f"{context}: {exc}") from exc
+
+    def _table_meta(self, conn: Conn, table: TableId) -> _TableMeta:
+        meta = self._meta.get(table)
+        if meta is None:
+            rows = conn.execute(_COLUMNS_SQL, [table.schema, table.name]).fetchall()
+            if not rows:
+                raise PermanentError(f"table {table} does not exist")
+            pk = sorted((int(str(pos)), str(n)) for n, _, in_pk, pos in rows if in_pk)
+            meta = _TableMeta({str(n): int(str(o)) for n, o, _, _ in rows}, tuple(n for _, n in pk))
+            self._meta[table] = meta
+        return meta
+
+    def _select(
+        self, conn: Conn, table: TableId, meta: _TableMeta, names: list[str], keys: Sequence[object]
+    ) -> Iterator[dict[str, object]]:
+        query = sql.SQL("SELECT {} FROM {} WHERE {} IN ({})").format(
+            sql.SQL(", ").join(map(sql.Identifier, names)),
+            sql.Identifier(table.schema, table.name),
+            sql.Identifier(names[0]),
+            sql.SQL(", ").join(sql.Placeholder() * len(keys)),
+        )
+        cur = conn.cursor()
+        oids = [_oid(meta, table, n) for n in names]
+        for oid in set(oids):  # raw text, converted exactly like the reader does
+            cur.adapters.register_loader(oid, TextLoader)
+        cur.execute(query, [to_param(k) for k in keys])
+        convs = [converter_for(o) for o in oids]
+        for row in cur:
+            yield {
+                n: None if v is None else c(str(v))
+                for n, c, v in zip(names, convs, row, strict=True)
+            }
+
+    def _apply_run(self, conn: Conn, run: list[tuple[int, Write]]) -> None:
+        first = run[0][1]
+        key_cols, value_cols = list(first.key), list(first.values)
+        if first.kind is WriteKind.UPDATE and not value_cols:
+            return
+        query, param_cols = _statement(first, key_cols, value_cols, self._returning(conn, first))
+        params = [[to_param(_value(w, c)) for c in param_cols] for _, w in run]
+        cur = conn.cursor()
+        if first.kind is not WriteKind.INSERT:
+            cur.executemany(query, params)
+            return
+        meta = self._table_meta(conn, first.table)
+        convs = [converter_for(_oid(meta, first.table, c)) for c in meta.primary_key]
+        for oid in {_oid(meta, first.table, c) for c in meta.primary_key}:
+            cur.adapters.register_loader(oid, TextLoader)
+        cur.executemany(query, params, returning=True)
+        for index, _ in run:
+            row = cur.fetchone()
+            if row is not None:
+                key = {
+                    c: None if v is None else f(str(v))
+                    for c, f, v in zip(meta.primary_key, convs, row, strict=True)
+                }
+                self.returned_keys.append((index, key))
+            cur.nextset()
+
+    def _returning(self, conn: Conn, write: Write) -> tuple[str, ...]:
+        if write.kind is not WriteKind.INSERT:
+            return ()
+        pk = self._table_meta(conn, write.table).primary_key
+        if not pk:
+            raise PermanentError(f"table {write.table} has no primary key to return")
+        return pk
+
+
+def _shape(write: Write) -> tuple[object, ...]:
+    return (write.table, write.kind, tuple(write.key), tuple(write.values), tuple(write.defaults))
+
+
+def _value(write: Write, column: str) -> object:
+    if column in write.values:
+        return write.values[column]
+    if column in write.key:
+        return write.key[column]
+    return write.defaults[column]
+
+
+def _oid(meta: _TableMeta, table: TableId, column: str) -> int:
+    try:
+        return meta.type_oids[column]
+    except KeyError:
+        raise PermanentError(f"column {column} does not exist in {table}") from None
+
+
+def _statement(
+    write: Write, key_cols: list[str], value_cols: list[str], returning: tuple[str, ...]
+) -> tuple[sql.Composed, list[str]]:
+    """The SQL for one write shape and the order its parameters are bound in."""
+    table = sql.Identifier(write.table.schema, write.table.name)
+    ident = sql.Identifier
+    where = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(ident(c)) for c in key_cols)
+    sets = sql.SQL(", ").join(sql.SQL("{} = %s").format(ident(c)) for c in value_cols)
+    if write.kind is WriteKind.DELETE:
+        return sql.SQL("DELETE FROM {} WHERE {}").format(table, where), key_cols
+    if write.kind is WriteKind.UPDATE:
+        return sql.SQL("UPDATE {} SET {} WHERE {}").format(table, sets, where), [
+            *value_cols,
+            *key_cols,
+        ]
+    cols = [*key_cols, *(c for c in value_cols if c not in write.key)]
+    # Defaults are set only by the INSERT: an existing row keeps its own values.
+    cols += [c for c in write.defaults if c not in cols]
+    insert = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+        table,
+        sql.SQL(", ").join(map(ident, cols)),
+        sql.SQL(", ").join(sql.Placeholder() * len(cols)),
+    )
+    if write.kind is WriteKind.INSERT:
+        return insert + sql.SQL(" RETURNING {}").format(
+            sql.SQL(", ").join(map(ident, returning))
+        ), cols
+    updates = [c for c in value_cols if c not in write.key]
+    if not updates:
+        return insert + sql.SQL(" ON CONFLICT ({}) DO NOTHING").format(
+            sql.SQL(", ").join(map(ident, key_cols))
+        ), cols
+    action = sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(ident(c)) for c in updates)
+    return insert + sql.SQL(" ON CONFLICT ({}) DO UPDATE SET {}").format(
+        sql.SQL(", ").join(map(ident, key_cols)), action
+    ), cols
