@@ -123,6 +123,24 @@ def teardown(ctx: click.Context, yes: bool) -> None:
     ctx.exit(_guarded(action))
 
 
+def _register_command_modules() -> None:
+    """Add commands kept in their own modules (each exposes ``commands``, a list)."""
+    import importlib
+
+    for module in ("agent.cli_status", "agent.cli_records", "agent.cli_transfer", "agent.demo"):
+        try:
+            loaded = importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            if error.name != module:
+                raise
+            continue
+        for command in loaded.commands:
+            main.add_command(command)
+
+
+_register_command_modules()
+
+
 def entry(argv: list[str] | None = None) -> Any:
     """Console-script entry with the project's exit-code mapping for usage errors (2)."""
     return main.main(args=argv, prog_name="cdc-agent")
