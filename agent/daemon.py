@@ -21,7 +21,7 @@ from agent.config import Config, load_config
 from agent.errors import AgentError, ConfigError
 from agent.notify import Notifier
 from agent.pipeline import Observer, Pipeline, Settings
-from agent.wiring import names, own_origin, route_table, sink_factory, source_factory
+from agent.wiring import names, own_origins, route_table, sink_factory, source_factory
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def build_pipelines(config: Config, observer: Observer) -> list[Pipeline]:
             continue
         pipelines.append(Pipeline(
             direction.name, source_factory(config, direction), sink_factory(config, direction),
-            routes, own_origin=own_origin(config, direction),
+            routes, own_origins=own_origins(config, direction),
             heartbeat_table=names(config).heartbeats, settings=settings, observer=observer))
     return pipelines
 

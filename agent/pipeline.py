@@ -90,13 +90,13 @@ class Pipeline:
 
     def __init__(self, direction: str, source_factory: Callable[[], Source],
                  sink_factory: Callable[[], Sink], routes: RouteTable, *,
-                 own_origin: str, heartbeat_table: TableId, settings: Settings | None = None,
-                 observer: Observer | None = None) -> None:
+                 own_origins: frozenset[str], heartbeat_table: TableId,
+                 settings: Settings | None = None, observer: Observer | None = None) -> None:
         self.direction = direction
         self._source_factory = source_factory
         self._sink_factory = sink_factory
         self.routes = routes
-        self._own_origin = own_origin
+        self._own_origins = own_origins
         self._heartbeat_table = heartbeat_table
         self._settings = settings or Settings()
         self._observer = observer or NullObserver()
@@ -179,7 +179,7 @@ class _Session:
         return max(0.0, min(left, 0.2))
 
     def _take(self, item: Transaction) -> None:
-        own = item.origin is not None and item.origin == self.p._own_origin
+        own = item.origin is not None and item.origin in self.p._own_origins
         log.debug("%s: transaction at %s: %d changes, origin %s, final %s", self.p.direction,
                   item.position, len(item.changes), item.origin, item.final)
         changes = self._filter(item, own)

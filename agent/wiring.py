@@ -162,11 +162,28 @@ def reverse(direction: Direction) -> str:
     return f"{direction.target}_to_{direction.source}"
 
 
-def own_origin(config: Config, direction: Direction) -> str:
+MANUAL = "_manual"
+"""Suffix of the marker/origin of writes outside the pipelines (push, reconcile, reverts).
+
+They run in their own sessions (a PostgreSQL origin can be active in one session only) and
+keep their own pseudo-direction checkpoint row, so they never move a pipeline's position.
+"""
+
+
+def marker(config: Config, direction: str, *, manual: bool = False) -> str:
+    """What tags writes made for ``direction``: its origin (PostgreSQL target) or marker
+    (MySQL target); ``manual`` for writes outside the pipeline."""
+    suffix = MANUAL if manual else ""
+    target = config.systems[direction.split("_to_", 1)[1]]
+    if isinstance(target, PostgresSystem):
+        return names(config).origin(direction) + suffix
+    return direction + suffix
+
+
+def own_origins(config: Config, direction: Direction) -> frozenset[str]:
     """How the source marks transactions the agent itself wrote into it."""
-    system = config.systems[direction.source]
     back = reverse(direction)
-    return names(config).origin(back) if isinstance(system, PostgresSystem) else back
+    return frozenset({marker(config, back), marker(config, back, manual=True)})
 
 
 def mysql_params(system: MysqlSystem) -> MysqlParams:

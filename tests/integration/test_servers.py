@@ -222,3 +222,19 @@ def test_pg_origins_used_by_a_test_can_be_dropped(pg_db: PgDatabase) -> None:
     assert created == {"t_origin_of_test"}
     server.drop_replication_origins(created)
     assert "t_origin_of_test" not in server.replication_origins()
+
+
+def test_first_start_moves_off_a_port_taken_meanwhile(
+    pg_server: PgServer, maria_server: MariaServer,
+    pg_server_factory: PgServerFactory, maria_server_factory: MariaServerFactory,
+) -> None:
+    pg = pg_server_factory(start=False)
+    maria = maria_server_factory(start=False)
+    pg.port, maria.port = pg_server.port, maria_server.port  # as if someone took them
+    pg.write_config()
+    pg.start()
+    maria.start()
+    assert pg.port != pg_server.port and maria.port != maria_server.port
+    with pg.connect() as conn:
+        assert pg_show(conn, "port") == str(pg.port)
+    assert maria_variables(maria)["port"] == str(maria.port)

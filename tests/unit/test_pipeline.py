@@ -88,7 +88,7 @@ def run_pipeline(items: list[Transaction], sink: CallSink, **settings: float) ->
                   "crm_id", (FieldRoute("name", "name", "name", "crm", True),))
     source = ListSource(items)
     pipeline = Pipeline("crm_to_erp", lambda: source, lambda: sink,
-                        build_route_table("crm_to_erp", [route]), own_origin="mine",
+                        build_route_table("crm_to_erp", [route]), own_origins=frozenset({"mine"}),
                         heartbeat_table=HEARTBEATS, settings=Settings(**settings))
     stop = threading.Event()
     thread = threading.Thread(target=pipeline.run, args=(stop,))
@@ -140,7 +140,7 @@ def test_own_transactions_alone_are_never_stored_so_directions_cannot_ping_pong(
                   "crm_id", (FieldRoute("name", "name", "name", "crm", True),))
     source = ListSource([txn(16, 1, origin="mine")])
     pipeline = Pipeline("crm_to_erp", lambda: source, lambda: sink,
-                        build_route_table("crm_to_erp", [route]), own_origin="mine",
+                        build_route_table("crm_to_erp", [route]), own_origins=frozenset({"mine"}),
                         heartbeat_table=HEARTBEATS, settings=Settings(advance_interval=0.0))
     stop = threading.Event()
     thread = threading.Thread(target=pipeline.run, args=(stop,))
