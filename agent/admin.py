@@ -8,12 +8,13 @@ from agent.config import Config
 from agent.config.catalog_check import check_catalog
 from agent.config.models import PostgresSystem
 from agent.events import TableId
-from agent.wiring import mapped_tables, mysql_params, names
+from agent.wiring import mapped_tables, marker, mysql_params, names
 
 
 def _origins_into(config: Config, system: str) -> list[str]:
-    """Replication origins that tag the agent's writes into ``system``."""
-    return [names(config).origin(d.name) for d in config.directions() if d.target == system]
+    """Replication origins that tag the agent's writes into ``system`` (pipeline and manual)."""
+    return [marker(config, d.name, manual=manual) for d in config.directions()
+            if d.target == system for manual in (False, True)]
 
 
 def setup(config: Config) -> list[str]:
@@ -27,11 +28,17 @@ def setup(config: Config) -> list[str]:
 
             pg.setup(system.conninfo(), state_schema=n.state_schema, publication=n.publication,
                      slot=n.slot, tables=tables, origins=_origins_into(config, name))
+            from connectors.postgres import state as pg_state
+
+            pg_state.create_tables(system.conninfo(), n.state_schema)
             done.append(f"{name}: schema {n.state_schema}, publication and slot {n.slot}")
         else:
             from connectors.mysql import catalog as my
 
             my.setup(mysql_params(system), state_schema=n.state_schema)
+            from connectors.mysql import state as my_state
+
+            my_state.create_tables(mysql_params(system), n.state_schema)
             done.append(f"{name}: database {n.state_schema}")
     return done
 

@@ -15,15 +15,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from agent import rules
+from agent.apply import Applier, Buffered
 from agent.errors import TransientError
 from agent.events import RowChange, TableId, Transaction
 from agent.ports import Sink, Source
 from agent.prefetch import Prefetcher
-from agent.routes import RouteTable
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class Observer(Protocol):
     def heartbeat(self, direction: str, written_at: float) -> None: ...
     def state(self, direction: str, state: str) -> None: ...
     def retried(self, direction: str, error: BaseException) -> None: ...
+    def conflict(self, entity: str, field: str, resolution: str) -> None: ...
 
 
 class NullObserver:
@@ -56,6 +57,9 @@ class NullObserver:
     def retried(self, direction: str, error: BaseException) -> None:
         pass
 
+    def conflict(self, entity: str, field: str, resolution: str) -> None:
+        pass
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -73,7 +77,7 @@ class _Batch:
     """The open target transaction and what it covers."""
 
     opened: bool = False
-    buffer: list[RowChange] | None = None
+    buffer: list[Buffered] | None = None
     boundary: str | None = None  # position of the last whole source transaction in it
     source_ts: datetime | None = None
     txns: int = 0
@@ -89,13 +93,16 @@ class Pipeline:
     """Replicates one direction until told to stop."""
 
     def __init__(self, direction: str, source_factory: Callable[[], Source],
-                 sink_factory: Callable[[], Sink], routes: RouteTable, *,
+                 sink_factory: Callable[[], Sink], applier: Applier, *,
                  own_origins: frozenset[str], heartbeat_table: TableId,
-                 settings: Settings | None = None, observer: Observer | None = None) -> None:
+                 settings: Settings | None = None, observer: Observer | None = None,
+                 coarse_clock: bool = False) -> None:
         self.direction = direction
         self._source_factory = source_factory
         self._sink_factory = sink_factory
-        self.routes = routes
+        self.applier = applier
+        self.routes = applier.routes
+        self._coarse_clock = coarse_clock
         self._own_origins = own_origins
         self._heartbeat_table = heartbeat_table
         self._settings = settings or Settings()
@@ -132,7 +139,7 @@ class Pipeline:
             reader.start(after)
             self._observer.state(self.direction, "streaming")
             log.info("%s: streaming after position %s", self.direction, after or "(start)")
-            _Session(self, sink, reader).loop(stop)
+            _Session(self, sink, reader, after).loop(stop)
         finally:
             if reader is not None:
                 reader.close()
@@ -143,10 +150,12 @@ class Pipeline:
 class _Session:
     """One connected run of a pipeline; state lives here, not in the pipeline."""
 
-    def __init__(self, pipeline: Pipeline, sink: Sink, reader: Prefetcher) -> None:
+    def __init__(self, pipeline: Pipeline, sink: Sink, reader: Prefetcher,
+                 committed: str | None) -> None:
         self.p = pipeline
         self.sink = sink
         self.reader = reader
+        self.committed = committed  # the position stored in the target's checkpoint
         self.batch = _Batch(buffer=[])
         self.advance: str | None = None
         self.advance_foreign = False
@@ -166,6 +175,7 @@ class _Session:
                     self._take(item)
                 self._maybe_commit(item is None)
                 self._maybe_advance()
+                self._maybe_remedy()
             if not self.batch.in_partial:
                 self._commit()
         finally:
@@ -185,18 +195,33 @@ class _Session:
         changes = self._filter(item, own)
         batch = self.batch
         if changes:
+            ts = self._commit_time(item.commit_ts)
+            for change in changes:
+                rules.record_changes(self.p.routes, change, ts, self.p.applier.judge.recent)
             if not item.final and not batch.in_partial and batch.txns > 0:
                 self._commit()  # a large transaction gets a target transaction of its own
             if not batch.pending():
                 batch.started = time.monotonic()
             assert batch.buffer is not None
-            batch.buffer.extend(changes)
+            batch.buffer.extend((change, ts) for change in changes)
             batch.rows += len(changes)
             if len(batch.buffer) >= self.p._settings.max_rows:
                 self._flush()
         batch.in_partial = not item.final
         if item.final:
             self._close_transaction(item, own)
+
+    def _commit_time(self, logged: datetime) -> datetime:
+        """The commit time that ``conflict: newest`` compares.
+
+        MariaDB logs whole seconds. A change read within two seconds of its logged time is
+        live, and its arrival time orders it against the other side's change far better than
+        the truncated second; a backlog keeps the logged time.
+        """
+        if not self.p._coarse_clock:
+            return logged
+        now = datetime.now(UTC)
+        return now if logged <= now < logged + timedelta(seconds=2) else logged
 
     def _close_transaction(self, item: Transaction, own: bool) -> None:
         batch = self.batch
@@ -244,31 +269,37 @@ class _Session:
         batch = self.batch
         if not batch.buffer:
             return
-        if not batch.opened:
-            self.sink.begin(self.p.direction)
-            batch.opened = True
-        view = rules.TargetView()
-        for (table, locator, columns), keys in rules.lookups(self.p.routes, batch.buffer).items():
-            asked = list(keys)
-            view.load(table, locator, self.sink.fetch(table, locator, asked, columns), asked)
-        result = rules.plan(self.p.routes, batch.buffer, view)
+        self._open()
+        result = self.p.applier.apply(self.sink, batch.buffer)
         for reason, count in result.skipped.items():
             self.p._observer.skipped(self.p.direction, reason, count)
-        log.debug("%s: %d changes -> %d writes", self.p.direction, len(batch.buffer),
-                  len(result.writes))
-        if result.writes:
-            self.sink.write(result.writes)
+        for c in result.conflicts:
+            self.p._observer.conflict(c.entity, c.field, c.resolution)
         batch.buffer = []
+
+    def _open(self) -> None:
+        if not self.batch.opened:
+            self.sink.begin(self.p.direction)
+            self.batch.opened = True
+
+    def _remedies(self) -> None:
+        """Apply, in the open transaction, corrections the other direction asked for."""
+        remedies = self.p.applier.exchange.take(self.p.direction)
+        if remedies:
+            writes = self.p.applier.remedy_writes(self.sink, remedies)
+            if writes:
+                self.sink.write(writes)
 
     def _commit(self) -> None:
         batch = self.batch
         if batch.boundary is None:
             return
         self._flush()
-        if not batch.opened:
-            self.sink.begin(self.p.direction)
+        self._open()
+        self._remedies()
         assert batch.source_ts is not None
         self.sink.commit(self.p.direction, batch.boundary, batch.source_ts)
+        self.committed = batch.boundary
         self.reader.confirm(batch.boundary)
         self.p._observer.committed(self.p.direction, batch.txns, batch.rows, batch.source_ts)
         self.advance = None
@@ -286,9 +317,28 @@ class _Session:
             return
         if time.monotonic() - self.advanced_at < self.p._settings.advance_interval:
             return
+        self._store_advance()
+
+    def _store_advance(self) -> None:
+        assert self.advance is not None
         self.sink.begin(self.p.direction)
+        self._remedies()
         self.sink.commit(self.p.direction, self.advance, datetime.now(UTC))
+        self.committed = self.advance
         self.reader.confirm(self.advance)
         self.advance = None
         self.advance_foreign = False
         self.advanced_at = time.monotonic()
+
+    def _maybe_remedy(self) -> None:
+        """Corrections waiting while no batch is open get a target transaction of their own."""
+        if self.batch.pending() or self.batch.in_partial:
+            return
+        if not self.p.applier.exchange.waiting(self.p.direction):
+            return
+        if self.advance is not None:
+            self._store_advance()
+        elif self.committed is not None:
+            self.sink.begin(self.p.direction)
+            self._remedies()
+            self.sink.commit(self.p.direction, self.committed, datetime.now(UTC))

@@ -77,6 +77,10 @@ class Sink(Protocol):
     def write(self, writes: Sequence[Write]) -> None:
         """Apply writes in order inside the open transaction."""
 
+    def generated_keys(self) -> Mapping[int, object]:
+        """Keys the target generated for the INSERT writes of the last ``write`` call, by the
+        write's index in that call."""
+
     def commit(self, direction: str, position: str, source_commit_ts: datetime) -> None:
         """Store the checkpoint in the open transaction, then COMMIT."""
 

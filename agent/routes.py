@@ -50,7 +50,12 @@ class Predicate:
 
 @dataclass(frozen=True, slots=True)
 class FieldRoute:
-    """One mapped field in this direction."""
+    """One mapped field in this direction.
+
+    ``conflict`` (owner both): "newest", "manual" or the system that wins; ``tie`` the
+    system that wins an exact tie of commit times. ``on_foreign_change`` (owned by the target):
+    "revert" or "keep".
+    """
 
     name: str
     source_column: str
@@ -58,12 +63,24 @@ class FieldRoute:
     owner: str  # a system name or "both"
     flows: bool  # the source side may set this field on the target
     value_map: Mapping[object, object] | None = None
+    conflict: str = "newest"
+    tie: str | None = None
+    on_foreign_change: str = "revert"
 
     def convert(self, value: object) -> object:
         """The target's value for a source value (value maps translate; others pass)."""
         if self.value_map is None or value is None:
             return value
         return self.value_map.get(value, value)
+
+    def back(self, value: object) -> object:
+        """The source's value for a target value (the value map read backwards)."""
+        if self.value_map is None or value is None:
+            return value
+        for source_value, target_value in self.value_map.items():
+            if target_value == value:
+                return source_value
+        return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +101,8 @@ class Route:
     delete: DeleteMode = DeleteMode.PROPAGATE
     delete_flag: tuple[str, object] | None = None
     defaults: Mapping[str, object] = field(default_factory=dict)
+    source: str = "source"  # system names
+    target: str = "target"
 
     @property
     def locator(self) -> str:

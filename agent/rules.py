@@ -10,25 +10,62 @@ written) and a place for ownership and conflict rules, without one query per cha
 from __future__ import annotations
 
 import datetime as dt
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from agent.conflicts import Conflict, RecentChanges, Remedy, newest_wins
 from agent.events import UNCHANGED, Op, Row, RowChange, TableId
 from agent.ports import Write, WriteKind
-from agent.routes import DeleteMode, LinkKind, Route, RouteTable
+from agent.routes import DeleteMode, FieldRoute, LinkKind, Route, RouteTable
 
 LookupKey = tuple[TableId, str, tuple[str, ...]]
+Change = RowChange | tuple[RowChange, dt.datetime | None]
 """A target table, the locator column, and the columns to read."""
 
 
 @dataclass
 class Plan:
-    """The writes for a batch, and how many changes were skipped for which reason."""
+    """What a batch does: target writes, corrections of the source, recorded conflicts."""
 
     writes: list[Write] = field(default_factory=list)
+    remedies: list[Remedy] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)
     skipped: Counter[str] = field(default_factory=Counter)
+    links: list[tuple[int, Route, Row]] = field(default_factory=list)
+    """INSERTs whose generated key must be written back: (index in writes, route, source row)."""
+    deferred: list[Change] = field(default_factory=list)
+    """Changes of a row whose target key is being generated in this round: plan them next."""
+
+
+_PENDING = object()
+
+
+@dataclass(frozen=True)
+class Judge:
+    """What decisions need besides the change and the target's rows.
+
+    ``recent``: when each side last changed fields both own (shared by both directions);
+    ``links``: target keys generated for source rows whose write-back may not have landed
+    yet, so a quick second change of the row updates it instead of creating it twice.
+    """
+
+    recent: RecentChanges = field(default_factory=RecentChanges)
+    links: OrderedDict[tuple[str, str], object] = field(default_factory=OrderedDict)
+    link_capacity: int = 100_000
+
+    def link_of(self, entity: str, source_key: object) -> object:
+        return self.links.get((entity, str(source_key)))
+
+    def remember_link(self, entity: str, source_key: object, target_key: object) -> None:
+        self.links[(entity, str(source_key))] = target_key
+        self.links.move_to_end((entity, str(source_key)))
+        while len(self.links) > self.link_capacity:
+            self.links.popitem(last=False)
+
+    def forget_link(self, entity: str, source_key: object) -> None:
+        self.links.pop((entity, str(source_key)), None)
 
 
 class TargetView:
@@ -72,71 +109,176 @@ def lookups(table: RouteTable, changes: Iterable[RowChange]) -> dict[LookupKey, 
             key = route.locate(source_row(change))
             if key is None:
                 continue
-            columns = tuple(f.target_column for f in route.flowing)
+            columns = tuple(f.target_column for f in route.fields)
             if route.delete_flag is not None:
                 columns = (*columns, route.delete_flag[0])
             needed.setdefault((route.target_table, route.locator, columns), set()).add(key)
     return needed
 
 
-def plan(table: RouteTable, changes: Iterable[RowChange], view: TargetView) -> Plan:
-    """Turn changes into target writes, in order, updating ``view`` as it goes."""
+def plan(table: RouteTable, changes: Iterable[Change], view: TargetView,
+         judge: Judge | None = None) -> Plan:
+    """Turn changes into target writes, in order, updating ``view`` as it goes.
+
+    ``changes`` are row changes, or (row change, source commit time) pairs; the time is
+    what ``conflict: newest`` compares.
+    """
     result = Plan()
-    for change in changes:
+    judge = judge or Judge()
+    for item in changes:
+        change, ts = item if isinstance(item, tuple) else (item, None)
         routes = table.routes_for(change.table)
         if not routes:
             result.skipped["filter"] += 1
         for route in routes:
-            _plan_one(route, change, view, result)
+            if change.op is Op.DELETE:
+                _plan_delete(route, change.old or {}, view, result)
+            elif not _wait_for_link(route, change, ts, result, judge):
+                _plan_upsert(route, change, ts, view, result, judge)
     return result
 
 
-def _plan_one(route: Route, change: RowChange, view: TargetView, result: Plan) -> None:
-    if change.op is Op.DELETE:
-        _plan_delete(route, change.old or {}, view, result)
-    else:
-        _plan_upsert(route, change.new or {}, view, result)
-
-
-def _mapped_values(route: Route, row: Row) -> dict[str, object]:
-    values: dict[str, object] = {}
-    for f in route.flowing:
-        if f.source_column not in row:
+def record_changes(table: RouteTable, change: RowChange, ts: dt.datetime,
+                   recent: RecentChanges) -> None:
+    """Note when this side changed fields that both sides own (for ``conflict: newest``)."""
+    if change.op is Op.DELETE or change.new is None:
+        return
+    for route in table.routes_for(change.table):
+        record = route.locate(change.new)
+        if record is None:
             continue
-        value = row[f.source_column]
-        if value is UNCHANGED:
-            continue
-        values[f.target_column] = f.convert(value)
-    return values
+        for f in route.fields:
+            if f.owner == "both" and _changed(f, change) is not False:
+                recent.record(route.entity, str(record), f.name, route.source, ts)
 
 
-def _plan_upsert(route: Route, row: Row, view: TargetView, result: Plan) -> None:
+def _source_value(f: FieldRoute, row: Row) -> object:
+    value = row.get(f.source_column, UNCHANGED)
+    return value
+
+
+def _changed(f: FieldRoute, change: RowChange) -> bool | None:
+    """Whether the source change touched the field; None when the source logged no old row."""
+    new = (change.new or {}).get(f.source_column, UNCHANGED)
+    if new is UNCHANGED:
+        return False
+    old_row = change.old
+    if old_row is None or f.source_column not in old_row:
+        return None
+    old = old_row[f.source_column]
+    return old is not UNCHANGED and not same_value(old, new)
+
+
+def _wait_for_link(route: Route, change: RowChange, ts: dt.datetime | None, result: Plan,
+                   judge: Judge) -> bool:
+    """Defer a change of a row whose target key is being generated in this same round."""
+    row = change.new or {}
+    if route.locate(row) is not None:
+        return False
+    if judge.link_of(route.entity, row.get(route.source_key)) is _PENDING:
+        result.deferred.append((change, ts))
+        return True
+    return False
+
+
+def _plan_upsert(route: Route, change: RowChange, ts: dt.datetime | None, view: TargetView,
+                 result: Plan, judge: Judge) -> None:
+    row = change.new or {}
     key = route.locate(row)
-    values = _mapped_values(route, row)
-    source_key = str(row.get(route.source_key))
     if key is None:
-        if not route.may_create(row):
-            result.skipped["filter"] += 1
-            return
-        result.writes.append(Write(route.target_table, WriteKind.INSERT, {}, values,
-                                   dict(route.defaults), route.entity, source_key))
+        key = judge.link_of(route.entity, row.get(route.source_key))
+    if key is None:
+        if _plan_create(route, row, None, result):
+            judge.remember_link(route.entity, row.get(route.source_key), _PENDING)
         return
     current = view.get(route, key)
     if current is None:
-        if not route.may_create(row):
-            result.skipped["filter"] += 1
-            return
-        result.writes.append(Write(route.target_table, WriteKind.UPSERT, {route.locator: key},
-                                   values, dict(route.defaults), route.entity, source_key))
-        view.put(route, key, values)
+        if _plan_create(route, row, key, result):
+            view.put(route, key, result.writes[-1].values)
         return
-    diff = {c: v for c, v in values.items() if not same_value(current.get(c, _ABSENT), v)}
+    diff: dict[str, object] = {}
+    for f in route.fields:
+        _plan_field(route, f, change, ts, str(key), current, diff, result, judge)
     if not diff:
         result.skipped["noop"] += 1
         return
     result.writes.append(Write(route.target_table, WriteKind.UPDATE, {route.locator: key}, diff,
-                               {}, route.entity, source_key))
+                               {}, route.entity, str(row.get(route.source_key))))
     view.put(route, key, diff)
+
+
+def _plan_create(route: Route, row: Row, key: object, result: Plan) -> bool:
+    """Create the target row with every mapped field (the target's own fields start from the
+    source's values) plus the defaults; False when the create rule says not yet."""
+    if not route.may_create(row):
+        result.skipped["filter"] += 1
+        return False
+    values = {f.target_column: f.convert(v) for f in route.fields
+              if (v := _source_value(f, row)) is not UNCHANGED}
+    source_key = str(row.get(route.source_key))
+    if key is None:
+        result.links.append((len(result.writes), route, row))
+        result.writes.append(Write(route.target_table, WriteKind.INSERT, {}, values,
+                                   dict(route.defaults), route.entity, source_key))
+    else:
+        result.writes.append(Write(route.target_table, WriteKind.UPSERT, {route.locator: key},
+                                   values, dict(route.defaults), route.entity, source_key))
+    return True
+
+
+def _plan_field(route: Route, f: FieldRoute, change: RowChange, ts: dt.datetime | None, record: str,
+                current: Mapping[str, object], diff: dict[str, object], result: Plan,
+                judge: Judge) -> None:
+    value = _source_value(f, change.new or {})
+    if value is UNCHANGED:
+        return
+    wanted = f.convert(value)
+    now = current.get(f.target_column, _ABSENT)
+    if same_value(now, wanted):
+        return
+    changed = _changed(f, change)
+    if f.owner == route.source:
+        diff[f.target_column] = wanted
+    elif f.owner == route.target:
+        if changed is not False:  # unknown counts as changed: the owner's value is the truth
+            _foreign_change(route, f, change, ts, record, value, now, result)
+    elif changed is False:
+        return  # the target's change is on its way here; do not overwrite it with a stale value
+    elif changed is None or same_value(now, f.convert((change.old or {})[f.source_column])):
+        diff[f.target_column] = wanted  # no conflict (or no old row to tell)
+    elif _conflict(route, f, ts, record, value, now, result, judge):
+        diff[f.target_column] = wanted
+
+
+def _foreign_change(route: Route, f: FieldRoute, change: RowChange, ts: dt.datetime | None,
+                    record: str, value: object, now: object, result: Plan) -> None:
+    """The source changed a field the target owns: record it, and revert unless told to keep."""
+    result.skipped["ownership"] += 1
+    resolution = f.on_foreign_change
+    result.conflicts.append(Conflict(route.entity, record, f.name, route.direction, value, now,
+                                     route.target, "owner", resolution, ts))
+    if resolution == "revert" and now is not _ABSENT:
+        source_key = (change.new or {}).get(route.source_key)
+        result.remedies.append(Remedy(route.source_table, (route.source_key, source_key),
+                                      {f.source_column: f.back(now)}, {f.source_column: value},
+                                      route.entity, "revert"))
+
+
+def _conflict(route: Route, f: FieldRoute, ts: dt.datetime | None, record: str, value: object,
+              now: object, result: Plan, judge: Judge) -> bool:
+    """Both sides changed a field both own; True when the source's value wins."""
+    if f.conflict == "manual":
+        winner, resolution = "none", "manual"
+    elif f.conflict in (route.source, route.target):
+        winner, resolution = f.conflict, f.conflict
+    else:
+        theirs = judge.recent.latest(route.entity, record, f.name, route.target)
+        mine = ts if ts is not None else dt.datetime.max.replace(tzinfo=dt.UTC)
+        wins = newest_wins(mine, theirs, me=route.source, tie=f.tie or route.source)
+        winner, resolution = (route.source if wins else route.target), "newest"
+    result.conflicts.append(Conflict(route.entity, record, f.name, route.direction, value, now,
+                                     winner, f.conflict, resolution, ts))
+    return winner == route.source
 
 
 def _plan_delete(route: Route, row: Row, view: TargetView, result: Plan) -> None:

@@ -1,30 +1,47 @@
-"""`cdc-agent run`: the daemon with its metrics endpoint, heartbeats and systemd notifications."""
+"""`cdc-agent run`: the daemon with its metrics endpoint, heartbeats, gauges and notifications.
+
+Start-up order: the catalog check (tables and columns exist), the HTTP endpoint, then the
+pipelines. A database that cannot be reached at start is not a configuration error: the
+agent starts, ``/readyz`` says 503, the pipelines retry with backoff, and READY=1 goes to
+systemd only once every direction streams.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from agent import admin
 from agent.config import Config
-from agent.daemon import Daemon
-from agent.errors import ConfigError, TransientError
-from agent.health import HealthServer
+from agent.daemon import Daemon, StateBoard, running_directions
+from agent.errors import AgentError, ConfigError, TransientError
+from agent.gauges import GaugePoller
+from agent.health import HealthServer, WebConfig, load_web_config
 from agent.heartbeat import Heartbeats
 from agent.metrics import Metrics
 from agent.notify import Notifier
 
 log = logging.getLogger(__name__)
 
+LIVENESS_SILENCE = 10.0
+"""Seconds without a main-loop tick before /livez says 503 (independent of the databases)."""
+
 
 class MetricsObserver:
-    """Pipeline reports -> Prometheus metrics, plus each direction's current state."""
+    """Pipeline reports -> Prometheus metrics and the direction state board."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, board: StateBoard | None = None) -> None:
         self.metrics = metrics
-        self.states: dict[str, str] = {}
+        self.board = board or StateBoard()
+
+    @property
+    def states(self) -> dict[str, str]:
+        """Direction -> current state."""
+        return self.board.states()
 
     def committed(self, direction: str, txns: int, rows: int, source_ts: datetime) -> None:
         latency = (datetime.now(UTC) - source_ts).total_seconds()
@@ -37,11 +54,15 @@ class MetricsObserver:
         self.metrics.heartbeat_applied(direction, written_at)
 
     def state(self, direction: str, state: str) -> None:
-        self.states[direction] = state
+        self.board.enter(direction, state)
         self.metrics.set_direction_state(direction, state)
 
     def retried(self, direction: str, error: BaseException) -> None:
+        self.board.touch(direction)
         self.metrics.retry(direction, error)
+
+    def conflict(self, entity: str, field: str, resolution: str) -> None:
+        self.metrics.conflict(entity, field, resolution)
 
 
 def _metrics_for(config: Config) -> Metrics:
@@ -49,40 +70,108 @@ def _metrics_for(config: Config) -> Metrics:
     return Metrics(list(config.systems), [d.name for d in config.directions()], entities)
 
 
+def _web_config(config: Config) -> WebConfig | None:
+    path = config.agent.web_config_file
+    if path is None:
+        return None
+    if not path.is_absolute():
+        path = config.path.parent / path
+    return load_web_config(path)
+
+
+def catalog_problems(config: Config) -> list[str]:
+    """Configured tables/columns missing on the servers; an unreachable server is skipped
+    with a warning (the pipelines wait for it), so that a database outage is no config error."""
+    try:
+        return admin.catalog_problems(config)
+    except TransientError as error:
+        log.warning("cannot check the tables now (%s); starting anyway, the pipelines retry",
+                    error)
+        return []
+
+
+class _Threads:
+    """Background helpers (heartbeats, gauges) that stop with the daemon."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def spawn(self, target: Callable[[threading.Event], None], name: str) -> None:
+        thread = threading.Thread(target=target, args=(self.stop,), name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def join(self) -> None:
+        self.stop.set()
+        for thread in self._threads:
+            thread.join(5)
+
+
 def run_service(config: Config, path: Path) -> int:
     """Check the catalog, serve metrics, write heartbeats and replicate until stopped."""
-    missing = admin.catalog_problems(config)
+    missing = catalog_problems(config)
     if missing:
         raise ConfigError(missing)
+    web_config = _web_config(config)
     notifier = Notifier.from_env()
     metrics = _metrics_for(config)
     metrics.config_loaded(True)
     observer = MetricsObserver(metrics)
-    daemon = Daemon(path, observer, states=lambda: dict(observer.states), notifier=notifier,
-                    on_reload=metrics.config_loaded)
+    daemon = Daemon(path, observer, observer.board, notifier=notifier,
+                    on_reload=metrics.config_loaded, validate=catalog_problems,
+                    status=lambda: _status_line(daemon, observer))
+
+    def current() -> Config:
+        return daemon.config or config
+
+    def directions() -> list[str]:
+        return daemon.directions or running_directions(current())
 
     def readiness() -> str | None:
-        waiting = [d for d, s in observer.states.items() if s not in ("streaming", "staging")]
-        return f"not streaming: {', '.join(sorted(waiting))}" if waiting else None
+        if daemon.streaming():
+            return None
+        states = observer.states
+        waiting = [f"{d} {states.get(d, 'starting')}" for d in directions()
+                   if states.get(d) not in ("streaming", "staging")]
+        return f"not streaming: {', '.join(sorted(waiting)) or 'no direction runs'}"
 
-    server = HealthServer(metrics, lambda: _alive(daemon), readiness)
+    server = HealthServer(metrics, lambda: _alive(daemon), readiness, web_config)
     server.start(config.agent.metrics_listen.host, config.agent.metrics_listen.port)
-    heartbeats = Heartbeats(config, metrics)
-    stop = threading.Event()
-    beat = threading.Thread(target=heartbeats.run, args=(stop,), name="heartbeats", daemon=True)
-    beat.start()
+    threads = _Threads()
+    threads.spawn(Heartbeats(current, metrics, directions).run, "heartbeats")
+    interval = max(1.0, min(15.0, config.agent.heartbeat_interval))
+    threads.spawn(GaugePoller(current, directions, metrics, interval).run, "gauges")
     try:
-        return daemon.run(config)
+        return _run(config, daemon, notifier)
     finally:
-        stop.set()
-        beat.join(5)
+        threads.join()
         server.stop()
 
 
+def _run(config: Config, daemon: Daemon, notifier: Notifier) -> int:
+    if config.agent.ha is None:
+        return daemon.run(config)
+    from agent.ha import run_when_leader
+
+    return run_when_leader(config, lambda: daemon.run(config), notifier)
+
+
+def _status_line(daemon: Daemon, observer: MetricsObserver) -> str:
+    """STATUS= for ``systemctl status``: each direction's state and lag (whole seconds, so
+    that the line does not change on every tick)."""
+    states = observer.states
+    registry = observer.metrics.registry
+    parts = []
+    for direction in daemon.directions:
+        lag = registry.get_sample_value("cdc_agent_lag_seconds", {"direction": direction})
+        shown = "?" if lag is None else f"{lag:.0f}s"
+        parts.append(f"{direction} {states.get(direction, 'starting')}, lag {shown}")
+    return "; ".join(parts) or "starting"
+
+
 def _alive(daemon: Daemon) -> bool:
-    import time
-
-    return time.monotonic() - daemon.last_tick < 10
+    return time.monotonic() - daemon.last_tick < LIVENESS_SILENCE
 
 
-__all__ = ["MetricsObserver", "TransientError", "run_service"]
+__all__ = ["AgentError", "MetricsObserver", "TransientError", "catalog_problems", "run_service"]

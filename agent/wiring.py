@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from agent.apply import Applier, Exchange
 from agent.config import (
     Config,
     Direction,
@@ -18,6 +19,7 @@ from agent.config import (
     SystemConfig,
 )
 from agent.events import TableId
+from agent.pipeline import Observer, Pipeline, Settings
 from agent.ports import Sink, Source
 from agent.routes import (
     CreateMode,
@@ -29,6 +31,7 @@ from agent.routes import (
     RouteTable,
     build_route_table,
 )
+from agent.rules import Judge
 
 if TYPE_CHECKING:
     from connectors.mysql import MysqlParams
@@ -120,7 +123,8 @@ def _fields(config: Config, entity: EntityConfig, source: str,
         value_map: dict[object, object] | None = {
             k: v for k, v in f.value_map(source, first).items()} or None
         routes.append(FieldRoute(name, f.columns[source], f.columns[target], f.owner,
-                                 f.flows_from(source), value_map))
+                                 f.flows_from(source), value_map, conflict=f.conflict,
+                                 tie=f.tie or first, on_foreign_change=f.on_foreign_change))
     return tuple(routes)
 
 
@@ -145,6 +149,8 @@ def compile_route(config: Config, name: str, entity: EntityConfig, direction: Di
         delete=delete,
         delete_flag=flag,
         defaults=dict(entity.defaults.get(target, {})),
+        source=source,
+        target=target,
     )
 
 
@@ -155,7 +161,7 @@ def route_table(config: Config, direction: Direction) -> RouteTable:
         for name, entity in config.entities.items()
         if direction.source in entity.sides and direction.target in entity.sides
     ]
-    return build_route_table(direction.name, [r for r in routes if r.flowing])
+    return build_route_table(direction.name, routes)
 
 
 def reverse(direction: Direction) -> str:
@@ -233,3 +239,24 @@ def sink_factory(config: Config, direction: Direction) -> Callable[[], Sink]:
 
     params = mysql_params(system)
     return lambda: MySink(params, state_schema=n.state_schema)
+
+
+def build_pipelines(config: Config, observer: Observer) -> list[Pipeline]:
+    """One pipeline per direction that has a route; both share the conflict registry and the
+    exchange of corrections (a revert of one side is written by the pipeline into that side)."""
+    settings = Settings(max_rows=config.agent.batch.max_rows,
+                        max_delay=config.agent.batch.max_delay,
+                        advance_interval=max(config.agent.heartbeat_interval, 1.0))
+    judge, exchange, n = Judge(), Exchange(), names(config)
+    pipelines = []
+    for direction in config.directions():
+        routes = route_table(config, direction)
+        if not routes.routes:
+            continue
+        applier = Applier(direction.name, routes, judge, exchange, n.state_schema)
+        pipelines.append(Pipeline(
+            direction.name, source_factory(config, direction), sink_factory(config, direction),
+            applier, own_origins=own_origins(config, direction), heartbeat_table=n.heartbeats,
+            settings=settings, observer=observer,
+            coarse_clock=isinstance(config.systems[direction.source], MysqlSystem)))
+    return pipelines

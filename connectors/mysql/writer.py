@@ -108,6 +108,10 @@ class MySink:
         except pymysql.err.MySQLError as exc:
             raise self._fail(exc, "begin") from exc
 
+    def generated_keys(self) -> Mapping[int, object]:
+        """The AUTO_INCREMENT value of each INSERT of the last write()."""
+        return dict(self.last_insert_ids)
+
     def commit(self, direction: str, position: str, source_commit_ts: datetime) -> None:
         """Store the checkpoint in the open transaction, then COMMIT."""
         ts = source_commit_ts.astimezone(UTC).replace(tzinfo=None)

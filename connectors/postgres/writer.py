@@ -124,6 +124,10 @@ class PgSink:
             for _, run in groupby(indexed, key=lambda item: _shape(item[1])):
                 self._apply_run(conn, list(run))
 
+    def generated_keys(self) -> Mapping[int, object]:
+        """The primary key (its only or first column) of each INSERT of the last write()."""
+        return {index: next(iter(key.values()), None) for index, key in self.returned_keys}
+
     def commit(self, direction: str, position: str, source_commit_ts: datetime) -> None:
         """Upsert the checkpoint row in the open transaction, then COMMIT."""
         query = sql.SQL(

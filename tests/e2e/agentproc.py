@@ -7,6 +7,7 @@ import random
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,10 @@ from tests.polling import wait_until
 from tests.servers import MariaDatabase, PgDatabase
 
 BIN = Path(sys.executable).with_name("cdc-agent")
+
+LOG_FILES: list[Path] = []
+"""Every agent log this test process wrote (daemon stderr and one-shot command output), for
+the whole-run audit in tests/e2e/test_security.py."""
 
 
 def write_secret(path: Path, secret: str) -> Path:
@@ -74,23 +79,40 @@ class AgentSetup:
         return self.config_path
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        """Run a one-shot command (`setup`, `check`...) and return what it printed."""
-        return subprocess.run([str(BIN), "--config", str(self.config_path), *args],
+        """Run a one-shot command (`setup`, `check`...) and return what it printed.
+
+        The output is also kept in a file of the work directory (see :data:`LOG_FILES`).
+        """
+        done = subprocess.run([str(BIN), "--config", str(self.config_path), *args],
                               capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL, env=_env())
+        kept = self.workdir / f"cli-{random.getrandbits(32):08x}.log"
+        kept.write_text(f"$ cdc-agent {' '.join(args)}\n{done.stdout}{done.stderr}")
+        LOG_FILES.append(kept)
+        return done
 
 
 class AgentProcess:
-    """A running `cdc-agent run`, its stderr in a file."""
+    """A running `cdc-agent run`, its stderr in a file.
 
-    def __init__(self, setup: AgentSetup, *extra: str) -> None:
+    ``env`` adds environment variables (e.g. NOTIFY_SOCKET); ``journal`` sets JOURNAL_STREAM
+    to the log file, as systemd does when stderr goes to journald.
+    """
+
+    def __init__(self, setup: AgentSetup, *extra: str, env: Mapping[str, str] | None = None,
+                 journal: bool = False) -> None:
         self.setup = setup
         self.log_path = setup.workdir / f"agent-{os.getpid()}-{random.randint(0, 1 << 30)}.log"
         self._log = self.log_path.open("w")
+        LOG_FILES.append(self.log_path)
+        environ = {**_env(), **(env or {})}
+        if journal:
+            st = os.fstat(self._log.fileno())
+            environ["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
         self.proc = subprocess.Popen(
             [str(BIN), "--config", str(setup.config_path), *extra, "run"],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, env=_env())
+            start_new_session=True, env=environ)
 
     @property
     def pid(self) -> int:

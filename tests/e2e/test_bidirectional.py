@@ -27,6 +27,7 @@ BOTH_WAYS: dict[str, Any] = {
 }
 
 CRM_AUDIT = """
+ALTER TABLE accounts REPLICA IDENTITY FULL;  -- owner: both needs old values to see conflicts
 CREATE TABLE account_audit (id bigserial PRIMARY KEY, account_id int, op char(1), seq bigint,
                             phone text, origin text);
 CREATE FUNCTION audit_account() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -134,5 +135,10 @@ def test_storm_of_edits_on_both_sides_converges_and_goes_quiet(
         erp = erp_rows(maria_db, "SELECT crm_id, phone_main, seq FROM customers ORDER BY crm_id")
         return [tuple(r) for r in crm] == [tuple(r) for r in erp]
 
-    wait_until(equal, timeout=60, interval=0.25, message="sides did not converge after the storm")
+    try:
+        wait_until(equal, timeout=60, interval=0.25, message="sides did not converge")
+    finally:
+        crm = crm_rows(pg_db, "SELECT id, phone, seq FROM accounts ORDER BY id")
+        erp = erp_rows(maria_db, "SELECT crm_id, phone_main, seq FROM customers ORDER BY crm_id")
+        print("differing:", [(a, b) for a, b in zip(crm, erp, strict=False) if tuple(a) != tuple(b)])
     _assert_quiet(pg_db, maria_db, seconds=5)

@@ -10,10 +10,12 @@ import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
+from agent.apply import Applier, Exchange
 from agent.events import Op, RowChange, TableId, Transaction
 from agent.pipeline import Pipeline, Settings
 from agent.ports import Write
 from agent.routes import FieldRoute, LinkKind, Route, build_route_table
+from agent.rules import Judge
 from tests.polling import wait_until
 
 SRC = TableId("public", "accounts")
@@ -60,6 +62,9 @@ class CallSink:
     def write(self, writes: Sequence[Write]) -> None:
         self.calls.append(("write", [w.key for w in writes]))
 
+    def generated_keys(self) -> Mapping[int, object]:
+        return {}
+
     def commit(self, direction: str, position: str, source_commit_ts: datetime) -> None:
         self.calls.append(("commit", position))
         self.checkpoint = position
@@ -75,6 +80,11 @@ class CallSink:
         pass
 
 
+def applier(route: Route) -> Applier:
+    return Applier("crm_to_erp", build_route_table("crm_to_erp", [route]), Judge(), Exchange(),
+                   "cdc_agent")
+
+
 def change(key: int) -> RowChange:
     return RowChange(SRC, Op.INSERT, new={"id": key, "name": f"n{key}"})
 
@@ -85,10 +95,11 @@ def txn(pos: int, *keys: int, origin: str | None = None, final: bool = True) -> 
 
 def run_pipeline(items: list[Transaction], sink: CallSink, **settings: float) -> ListSource:
     route = Route("customer", "crm_to_erp", SRC, "id", DST, "no", LinkKind.TARGET_HOLDS_KEY,
-                  "crm_id", (FieldRoute("name", "name", "name", "crm", True),))
+                  "crm_id", (FieldRoute("name", "name", "name", "crm", True),),
+                  source="crm", target="erp")
     source = ListSource(items)
     pipeline = Pipeline("crm_to_erp", lambda: source, lambda: sink,
-                        build_route_table("crm_to_erp", [route]), own_origins=frozenset({"mine"}),
+                        applier(route), own_origins=frozenset({"mine"}),
                         heartbeat_table=HEARTBEATS, settings=Settings(**settings))
     stop = threading.Event()
     thread = threading.Thread(target=pipeline.run, args=(stop,))
@@ -137,10 +148,11 @@ def test_own_transactions_are_dropped_and_stored_with_the_next_foreign_position(
 def test_own_transactions_alone_are_never_stored_so_directions_cannot_ping_pong() -> None:
     sink = CallSink()
     route = Route("customer", "crm_to_erp", SRC, "id", DST, "no", LinkKind.TARGET_HOLDS_KEY,
-                  "crm_id", (FieldRoute("name", "name", "name", "crm", True),))
+                  "crm_id", (FieldRoute("name", "name", "name", "crm", True),),
+                  source="crm", target="erp")
     source = ListSource([txn(16, 1, origin="mine")])
     pipeline = Pipeline("crm_to_erp", lambda: source, lambda: sink,
-                        build_route_table("crm_to_erp", [route]), own_origins=frozenset({"mine"}),
+                        applier(route), own_origins=frozenset({"mine"}),
                         heartbeat_table=HEARTBEATS, settings=Settings(advance_interval=0.0))
     stop = threading.Event()
     thread = threading.Thread(target=pipeline.run, args=(stop,))

@@ -1,0 +1,135 @@
+"""Applying a buffer of source changes inside the open target transaction.
+
+Plans the changes with the rules, writes them with the conflict records, turns keys the
+target generated into write-backs for the source row, and applies the corrections (remedies)
+the other direction asked for. Remedies travel between the two pipelines through an
+:class:`Exchange`: a direction can only write into its own target, so a revert of the source
+is done by the pipeline that writes into the source.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from collections.abc import Sequence
+from datetime import datetime
+
+from agent import rules
+from agent.codec import encode_value
+from agent.conflicts import Conflict, Remedy
+from agent.events import RowChange, TableId
+from agent.ports import Sink, Write, WriteKind
+from agent.routes import RouteTable
+
+log = logging.getLogger(__name__)
+
+Buffered = tuple[RowChange, datetime]
+
+
+class Exchange:
+    """Remedies waiting for the pipeline that writes into their table's system."""
+
+    def __init__(self) -> None:
+        self._inboxes: dict[str, queue.SimpleQueue[Remedy]] = {}
+
+    def _inbox(self, direction: str) -> queue.SimpleQueue[Remedy]:
+        return self._inboxes.setdefault(direction, queue.SimpleQueue())
+
+    def send(self, from_direction: str, remedy: Remedy) -> None:
+        """A remedy found by ``from_direction`` (it targets that direction's source)."""
+        source, target = from_direction.split("_to_", 1)
+        self._inbox(f"{target}_to_{source}").put(remedy)
+
+    def waiting(self, direction: str) -> bool:
+        return not self._inbox(direction).empty()
+
+    def take(self, direction: str, limit: int = 1000) -> list[Remedy]:
+        inbox, taken = self._inbox(direction), list[Remedy]()
+        while len(taken) < limit:
+            try:
+                taken.append(inbox.get_nowait())
+            except queue.Empty:
+                break
+        return taken
+
+
+class Applier:
+    """Writes one direction's planned changes through its sink."""
+
+    def __init__(self, direction: str, routes: RouteTable, judge: rules.Judge,
+                 exchange: Exchange, state_schema: str) -> None:
+        self.direction = direction
+        self.routes = routes
+        self.judge = judge
+        self.exchange = exchange
+        self.conflicts_table = TableId(state_schema, "conflicts")
+
+    def apply(self, sink: Sink, buffer: Sequence[Buffered]) -> rules.Plan:
+        """Plan and write ``buffer``; returns the (last round's) plan for the counters."""
+        pending: list[rules.Change] = list(buffer)
+        total = rules.Plan()
+        while pending:
+            result = self._plan(sink, pending)
+            writes = result.writes + [self._record(c) for c in result.conflicts]
+            if writes:
+                sink.write(writes)
+            self._link(sink, result)
+            for remedy in result.remedies:
+                self.exchange.send(self.direction, remedy)
+            total.skipped.update(result.skipped)
+            total.conflicts += result.conflicts
+            total.writes += result.writes
+            pending = result.deferred
+        return total
+
+    def _plan(self, sink: Sink, changes: Sequence[rules.Change]) -> rules.Plan:
+        view = rules.TargetView()
+        plain = [c[0] if isinstance(c, tuple) else c for c in changes]
+        for (table, locator, columns), keys in rules.lookups(self.routes, plain).items():
+            asked = list(keys)
+            view.load(table, locator, sink.fetch(table, locator, asked, columns), asked)
+        result = rules.plan(self.routes, changes, view, self.judge)
+        log.debug("%s: %d changes -> %d writes", self.direction, len(changes),
+                  len(result.writes))
+        return result
+
+    def _record(self, c: Conflict) -> Write:
+        """The conflicts-table row for a conflict (values encoded exactly, never logged)."""
+        return Write(self.conflicts_table, WriteKind.INSERT, {}, {
+            "entity": c.entity, "record": c.record, "field": c.field, "direction": c.direction,
+            "source_value": encode_value(c.source_value),
+            "target_value": encode_value(c.target_value), "winner": c.winner, "rule": c.rule,
+            "resolution": c.resolution, "status": "open" if c.winner == "none" else "closed",
+            "source_commit_ts": c.source_ts}, {}, c.entity, c.record)
+
+    def _link(self, sink: Sink, result: rules.Plan) -> None:
+        """Keys the target generated go back into the source rows that caused them."""
+        if not result.links:
+            return
+        generated = sink.generated_keys()
+        for index, route, row in result.links:
+            source_key = row.get(route.source_key)
+            target_key = generated.get(index)
+            if target_key is None:
+                self.judge.forget_link(route.entity, source_key)
+                continue
+            self.judge.remember_link(route.entity, source_key, target_key)
+            self.exchange.send(self.direction, Remedy(
+                route.source_table, (route.source_key, source_key),
+                {route.link_column: target_key}, {route.link_column: None}, route.entity, "link"))
+
+    def remedy_writes(self, sink: Sink, remedies: Sequence[Remedy]) -> list[Write]:
+        """Writes for the remedies whose rows still hold what they expect."""
+        writes: list[Write] = []
+        for remedy in remedies:
+            column, key = remedy.key
+            expected = list(remedy.expect)
+            current = sink.fetch(remedy.table, column, [key], expected).get(key)
+            if current is None or not all(
+                    rules.same_value(current.get(c), v) for c, v in remedy.expect.items()):
+                log.info("%s: %s of %s skipped: the row changed meanwhile", self.direction,
+                         remedy.reason, remedy.entity)
+                continue
+            writes.append(Write(remedy.table, WriteKind.UPDATE, {column: key}, remedy.values,
+                                {}, remedy.entity, str(key)))
+        return writes

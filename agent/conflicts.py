@@ -1,0 +1,88 @@
+"""Conflict resolution for fields both sides own, and the record of every rejected value.
+
+``newest`` compares commit times. Each direction only sees its own side's commit time, so
+both pipelines of one agent share a :class:`RecentChanges` registry: a direction that meets
+a conflict looks up when the other side last changed the field. Both directions apply the
+same comparison and so pick the same winner; if the other side's change has not been read
+yet, the change at hand wins provisionally, and the other direction, reading the later
+change, corrects both sides if that one is newer.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+
+from agent.events import TableId
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """A value that did not win: a sovereignty violation or a conflict between both owners."""
+
+    entity: str
+    record: str  # the record's canonical key (see Route.locate)
+    field: str
+    direction: str
+    source_value: object
+    target_value: object
+    winner: str  # a system name, or "none" (parked for a person)
+    rule: str  # "owner" or the field's conflict policy
+    resolution: str  # "revert", "keep", "newest", "manual" or the winning system
+    source_ts: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Remedy:
+    """A write into the direction's *source* system, done by the reverse pipeline.
+
+    Used to revert a sovereignty violation, to correct a provisional conflict decision and
+    to write a key created on the target back into the source row. Applied only while the
+    row still holds ``expect`` (a newer change must never be overwritten by a correction).
+    """
+
+    table: TableId
+    key: tuple[str, object]
+    values: dict[str, object]
+    expect: dict[str, object]
+    entity: str
+    reason: str  # "revert", "conflict" or "link"
+
+
+class RecentChanges:
+    """When each side last changed a (entity, record, field): shared by both directions.
+
+    Bounded: the oldest entries are forgotten first (a conflict needs the other side's
+    change from the last moments, not from last week).
+    """
+
+    def __init__(self, capacity: int = 200_000) -> None:
+        self._capacity = capacity
+        self._entries: OrderedDict[tuple[str, str, str, str], datetime] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def record(self, entity: str, record: str, field: str, side: str, ts: datetime) -> None:
+        key = (entity, record, field, side)
+        with self._lock:
+            previous = self._entries.pop(key, None)
+            self._entries[key] = ts if previous is None or ts > previous else previous
+            while len(self._entries) > self._capacity:
+                self._entries.popitem(last=False)
+
+    def latest(self, entity: str, record: str, field: str, side: str) -> datetime | None:
+        with self._lock:
+            return self._entries.get((entity, record, field, side))
+
+
+def newest_wins(mine: datetime, theirs: datetime | None, *, me: str, tie: str) -> bool:
+    """Whether the change at hand (from ``me``) beats the other side's latest change.
+
+    An exact tie goes to ``tie``; both directions decide the same way.
+    """
+    if theirs is None:
+        return True  # provisional: the other direction corrects it if its change is newer
+    if mine != theirs:
+        return mine > theirs
+    return tie == me
