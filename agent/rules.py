@@ -246,7 +246,7 @@ def _plan_field(route: Route, f: FieldRoute, change: RowChange, ts: dt.datetime 
         return  # the target's change is on its way here; do not overwrite it with a stale value
     elif changed is None or same_value(now, f.convert((change.old or {})[f.source_column])):
         diff[f.target_column] = wanted  # no conflict (or no old row to tell)
-    elif _conflict(route, f, ts, record, value, now, result, judge):
+    elif _conflict(route, f, change, ts, record, now, result, judge):
         diff[f.target_column] = wanted
 
 
@@ -264,9 +264,10 @@ def _foreign_change(route: Route, f: FieldRoute, change: RowChange, ts: dt.datet
                                       route.entity, "revert"))
 
 
-def _conflict(route: Route, f: FieldRoute, ts: dt.datetime | None, record: str, value: object,
-              now: object, result: Plan, judge: Judge) -> bool:
+def _conflict(route: Route, f: FieldRoute, change: RowChange, ts: dt.datetime | None,
+              record: str, now: object, result: Plan, judge: Judge) -> bool:
     """Both sides changed a field both own; True when the source's value wins."""
+    value = _source_value(f, change.new or {})
     if f.conflict == "manual":
         winner, resolution = "none", "manual"
     elif f.conflict in (route.source, route.target):
@@ -276,6 +277,14 @@ def _conflict(route: Route, f: FieldRoute, ts: dt.datetime | None, record: str, 
         mine = ts if ts is not None else dt.datetime.max.replace(tzinfo=dt.UTC)
         wins = newest_wins(mine, theirs, me=route.source, tie=f.tie or route.source)
         winner, resolution = (route.source if wins else route.target), "newest"
+        if wins and theirs is not None:
+            # The other direction may have let its older change win provisionally and written
+            # it here; put this side's value back if the row holds exactly that.
+            key = (change.new or {}).get(route.source_key)
+            result.remedies.append(Remedy(route.source_table, (route.source_key, key),
+                                          {f.source_column: value},
+                                          {f.source_column: f.back(now)}, route.entity,
+                                          "conflict"))
     result.conflicts.append(Conflict(route.entity, record, f.name, route.direction, value, now,
                                      winner, f.conflict, resolution, ts))
     return winner == route.source

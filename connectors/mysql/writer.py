@@ -42,6 +42,7 @@ from connectors.mysql.values import ColumnDef, Kind, converter, to_param
 SQL_MODE = "STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE,ERROR_FOR_DIVISION_BY_ZERO"
 _INIT = f"SET SESSION sql_mode='{SQL_MODE}', time_zone='+00:00'"
 UPSERT_ROWS_PER_STATEMENT = 500
+UPDATE_ROWS_PER_STATEMENT = 500
 FETCH_KEYS_PER_STATEMENT = 1000
 
 
@@ -168,6 +169,8 @@ class MySink:
             batch = list(group)
             if kind is WriteKind.UPSERT:
                 self._upserts(table, batch)
+            elif kind is WriteKind.UPDATE and len(batch) > 1:
+                self._updates(table, batch)
             else:
                 for index, item in batch:
                     self._single(index, item)
@@ -189,6 +192,36 @@ class MySink:
             args = [p for _, w in part for p in self._params_of(table, w, columns)]
             with self._cursor() as cur:
                 cur.execute(_upsert_sql(table, columns, first, len(part)), args)
+        except RowError:
+            return False
+        except pymysql.err.MySQLError as exc:
+            error = self._fail(exc, str(table))
+            if isinstance(error, RowError):
+                return False
+            raise error from exc
+        return True
+
+    def _updates(self, table: TableId, batch: list[tuple[int, Write]]) -> None:
+        """Same-shape UPDATEs as multi-row ``UPDATE ... JOIN (derived rows)`` statements.
+
+        Like one UPDATE per row it only changes rows that exist (a row deleted meanwhile
+        stays deleted, unlike an upsert). A key appears once per statement, so several
+        updates of one row apply in order, in consecutive statements.
+        """
+        for part in _unique_key_parts(batch, UPDATE_ROWS_PER_STATEMENT):
+            if len(part) == 1 or not self._update_rows(table, part):
+                for index, item in part:
+                    self._single(index, item)
+
+    def _update_rows(self, table: TableId, part: list[tuple[int, Write]]) -> bool:
+        """One multi-row update; False (nothing applied) if some row cannot be applied."""
+        first = part[0][1]
+        keys, columns = list(first.key), list(first.values)
+        try:
+            args = [p for _, w in part for p in
+                    self._values(table, w.key, keys) + self._values(table, w.values, columns)]
+            with self._cursor() as cur:
+                cur.execute(_update_join_sql(table, keys, columns, len(part)), args)
         except RowError:
             return False
         except pymysql.err.MySQLError as exc:
@@ -284,7 +317,10 @@ class MySink:
         kind = self._column_defs(table).get(key_column)
         args = [to_param(kind.kind if kind else Kind.OTHER, k, self._zone) for k in keys]
         sql = (f"SELECT {_names(wanted)} FROM {quote_table(table)} WHERE"
-               f" {quote_ident(key_column)} IN ({', '.join(['%s'] * len(keys))})")
+               f" {quote_ident(key_column)} IN ({', '.join(['%s'] * len(keys))})"
+               # A locking read: the latest committed rows, kept until the agent's write (the
+               # rules decide on these values; a plain read could miss a concurrent change).
+               " FOR UPDATE")
         with self._cursor() as cur:
             cur.execute(sql, args)
             return list(cur.fetchall())
@@ -294,7 +330,36 @@ def _shape_of(indexed: tuple[int, Write]) -> tuple[TableId, WriteKind, object]:
     item = indexed[1]
     if item.kind is WriteKind.UPSERT:
         return item.table, item.kind, (tuple(item.key), tuple(item.values), tuple(item.defaults))
+    if item.kind is WriteKind.UPDATE and item.values:
+        return item.table, item.kind, (tuple(item.key), tuple(item.values))
     return item.table, item.kind, indexed[0]  # never grouped
+
+
+def _unique_key_parts(batch: list[tuple[int, Write]],
+                      limit: int) -> Iterator[list[tuple[int, Write]]]:
+    """Consecutive parts of at most ``limit`` writes in which no key appears twice."""
+    part: list[tuple[int, Write]] = []
+    seen: set[tuple[object, ...]] = set()
+    for indexed in batch:
+        key = tuple(indexed[1].key.values())
+        if len(part) >= limit or key in seen:
+            yield part
+            part, seen = [], set()
+        part.append(indexed)
+        seen.add(key)
+    if part:
+        yield part
+
+
+def _update_join_sql(table: TableId, keys: list[str], columns: list[str], rows: int) -> str:
+    """``UPDATE t JOIN (SELECT ? AS k0, ? AS v0 UNION ALL SELECT ?, ? ...) v ON ... SET ...``."""
+    names = [f"`_k{i}`" for i in range(len(keys))] + [f"`_v{i}`" for i in range(len(columns))]
+    first = "SELECT " + ", ".join(f"%s AS {n}" for n in names)
+    other = " UNION ALL SELECT " + ", ".join(["%s"] * len(names))
+    on = " AND ".join(f"`_t`.{quote_ident(k)} <=> `_v`.`_k{i}`" for i, k in enumerate(keys))
+    sets = ", ".join(f"`_t`.{quote_ident(c)} = `_v`.`_v{i}`" for i, c in enumerate(columns))
+    return (f"UPDATE {quote_table(table)} AS `_t` JOIN ({first}{other * (rows - 1)}) AS `_v`"
+            f" ON {on} SET {sets}")
 
 
 def _names(columns: Sequence[str]) -> str:

@@ -209,7 +209,9 @@ class PgSink:
     def _select(
         self, conn: Conn, table: TableId, meta: _TableMeta, names: list[str], keys: Sequence[object]
     ) -> Iterator[dict[str, object]]:
-        query = sql.SQL("SELECT {} FROM {} WHERE {} IN ({})").format(
+        # FOR UPDATE: the rules decide on these values, so no other transaction may change
+        # the rows between this read and the agent's write (a lost update otherwise).
+        query = sql.SQL("SELECT {} FROM {} WHERE {} IN ({}) FOR UPDATE").format(
             sql.SQL(", ").join(map(sql.Identifier, names)),
             sql.Identifier(table.schema, table.name),
             sql.Identifier(names[0]),

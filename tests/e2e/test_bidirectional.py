@@ -140,5 +140,6 @@ def test_storm_of_edits_on_both_sides_converges_and_goes_quiet(
     finally:
         crm = crm_rows(pg_db, "SELECT id, phone, seq FROM accounts ORDER BY id")
         erp = erp_rows(maria_db, "SELECT crm_id, phone_main, seq FROM customers ORDER BY crm_id")
-        print("differing:", [(a, b) for a, b in zip(crm, erp, strict=False) if tuple(a) != tuple(b)])
+        print("differing:",
+              [(a, b) for a, b in zip(crm, erp, strict=False) if tuple(a) != tuple(b)])
     _assert_quiet(pg_db, maria_db, seconds=5)

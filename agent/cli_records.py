@@ -1,0 +1,119 @@
+"""`cdc-agent conflicts list|resolve`: the record of rejected values, and deciding parked ones."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from agent import records
+from agent.codec import decode_value
+from agent.config import Config
+from agent.errors import UsageError
+from agent.ports import Write, WriteKind
+from agent.wiring import compile_route
+
+
+def _config(ctx: click.Context) -> Config:
+    from agent.cli import _load
+
+    return _load(ctx.find_root())
+
+
+def _run(ctx: click.Context, action: Any) -> None:
+    from agent.cli import _guarded
+
+    ctx.exit(_guarded(action))
+
+
+@click.group()
+def conflicts() -> None:
+    """Conflicts and rejected changes (sovereignty violations), on both systems."""
+
+
+@conflicts.command("list")
+@click.option("--entity", help="Only this entity.")
+@click.option("--open", "only_open", is_flag=True, help="Only conflicts waiting for a person.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_context
+def list_conflicts(ctx: click.Context, entity: str | None, only_open: bool,
+                   as_json: bool) -> None:
+    """List conflicts (IDs are SYSTEM:N: each system keeps its own record)."""
+
+    def action() -> int:
+        config = _config(ctx)
+        where: dict[str, object] = {"status": "open"} if only_open else {}
+        if entity:
+            where["entity"] = entity
+        for system in config.systems:
+            for row in records.select(config, system, "conflicts", where):
+                _print(system, row, as_json)
+        return 0
+
+    _run(ctx, action)
+
+
+def _print(system: str, row: dict[str, Any], as_json: bool) -> None:
+    ident = f"{system}:{row['id']}"
+    if as_json:
+        click.echo(json.dumps({"id": ident, **{k: v for k, v in row.items() if k != "id"}},
+                              default=str))
+        return
+    # Values are shown only here, to the operator who asked; they never go to the logs.
+    click.echo(f"{ident:<10} {row['entity']:<12} {row['record']:<10} {row['field']:<14} "
+               f"{row['direction']:<14} winner={row['winner']:<6} {row['resolution']:<8} "
+               f"{row['status']:<6} {row['created_at']}  source={row['source_value']} "
+               f"target={row['target_value']}")
+
+
+@conflicts.command("resolve")
+@click.argument("conflict_id")
+@click.option("--take", "take", required=True, help="The system whose value wins (e.g. crm).")
+@click.pass_context
+def resolve(ctx: click.Context, conflict_id: str, take: str) -> None:
+    """Decide a conflict: write the value of the side TAKE to the other side."""
+
+    def action() -> int:
+        config = _config(ctx)
+        system, _, number = conflict_id.partition(":")
+        if system not in config.systems or not number.isdigit() or take not in config.systems:
+            raise UsageError(f"expected ID as SYSTEM:N and --take one of {list(config.systems)}")
+        rows = records.select(config, system, "conflicts", {"id": int(number)})
+        if not rows:
+            raise UsageError(f"no conflict {conflict_id}")
+        row = rows[0]
+        _apply_decision(config, row, take)
+        # Both directions may have recorded the same conflict: close every open record of it.
+        same = {"entity": row["entity"], "record": row["record"], "field": row["field"],
+                "status": "open"}
+        for each in config.systems:
+            records.update(config, each, "conflicts", same,
+                           {"status": "closed", "winner": take, "resolved_by": "cli",
+                            "resolved_at": datetime.now(UTC).replace(tzinfo=None)})
+        click.echo(f"{conflict_id}: {take} wins; written to {config.other(take)}")
+        return 0
+
+    _run(ctx, action)
+
+
+def _apply_decision(config: Config, row: dict[str, Any], take: str) -> None:
+    """Write the chosen side's value into the other side's row."""
+    from agent.manual import write_now
+
+    source = row["direction"].split("_to_", 1)[0]
+    chosen = row["source_value"] if take == source else row["target_value"]
+    into = config.other(take)
+    value = decode_value(chosen)
+    entity = config.entities[row["entity"]]
+    direction = next(d for d in config.directions() if d.target == into)
+    route = compile_route(config, row["entity"], entity, direction)
+    field = next(f for f in route.fields if f.name == row["field"])
+    converted = field.convert(value)  # the chosen value is in TAKE's representation
+    write = Write(route.target_table, WriteKind.UPDATE, {route.locator: row["record"]},
+                  {field.target_column: converted}, {}, row["entity"], row["record"])
+    write_now(config, into, [write])
+
+
+commands = [conflicts]
