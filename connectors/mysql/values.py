@@ -38,7 +38,7 @@ import struct
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from decimal import Decimal
 
 from agent.errors import RowError
@@ -357,4 +357,7 @@ def _plain_param(value: object, column: str) -> object:
         return json.dumps(_debytes(value), ensure_ascii=False)
     if isinstance(value, bytearray | memoryview):
         return bytes(value)
+    if isinstance(value, time):  # a time of day from PostgreSQL, for a TIME column
+        return timedelta(hours=value.hour, minutes=value.minute, seconds=value.second,
+                         microseconds=value.microsecond)
     raise RowError("unsupported_type", f"{type(value).__name__} for column '{column}'")

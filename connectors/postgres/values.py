@@ -31,7 +31,7 @@ import json
 import math
 import uuid
 from collections.abc import Callable
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -172,6 +172,15 @@ def _datetime_text(value: datetime) -> str:
     return value.isoformat()
 
 
+def _duration_text(value: timedelta) -> str:
+    """[-]H:MM:SS.ffffff: what MySQL's TIME holds; PostgreSQL reads it as a time or an interval."""
+    micros = value // timedelta(microseconds=1)
+    sign, micros = ("-" if micros < 0 else ""), abs(micros)
+    seconds, fraction = divmod(micros, 1_000_000)
+    text = f"{sign}{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+    return f"{text}.{fraction:06d}" if fraction else text
+
+
 def json_dumps(value: object) -> str:
     """Serialise a dict/list JSON value; ``Decimal`` numbers keep every digit."""
     if isinstance(value, dict):
@@ -202,6 +211,8 @@ def to_param(value: object) -> str | None:
         return _datetime_text(value)
     if isinstance(value, date | time):
         return value.isoformat()
+    if isinstance(value, timedelta):
+        return _duration_text(value)
     if isinstance(value, dict | list):
         return json_dumps(value)
     raise TypeError(f"cannot convert {type(value).__name__} for PostgreSQL")
