@@ -17,13 +17,16 @@ from datetime import datetime
 from agent import rules
 from agent.codec import encode_value
 from agent.conflicts import Conflict, Remedy
+from agent.errors import PermanentError, RowError
 from agent.events import RowChange, TableId
 from agent.ports import Sink, Write, WriteKind
+from agent.quarantine import Poison, Quarantine
 from agent.routes import RouteTable
 
 log = logging.getLogger(__name__)
 
-Buffered = tuple[RowChange, datetime]
+Buffered = tuple[RowChange, datetime, str]
+"""A change, its (effective) source commit time and its transaction's position."""
 
 
 class Exchange:
@@ -57,22 +60,30 @@ class Applier:
     """Writes one direction's planned changes through its sink."""
 
     def __init__(self, direction: str, routes: RouteTable, judge: rules.Judge,
-                 exchange: Exchange, state_schema: str) -> None:
+                 exchange: Exchange, state_schema: str,
+                 quarantine: Quarantine | None = None) -> None:
         self.direction = direction
         self.routes = routes
         self.judge = judge
         self.exchange = exchange
         self.conflicts_table = TableId(state_schema, "conflicts")
+        self.quarantine = quarantine or Quarantine(direction, state_schema)
 
     def apply(self, sink: Sink, buffer: Sequence[Buffered]) -> rules.Plan:
-        """Plan and write ``buffer``; returns the (last round's) plan for the counters."""
-        pending: list[rules.Change] = list(buffer)
+        """Plan and write ``buffer``; returns the (last round's) plan for the counters.
+
+        Raises :class:`Poison` when a write fails for a row reason (the caller rolls back).
+        """
+        letters, pending = self._divert(buffer)
         total = rules.Plan()
+        if letters:
+            self.write(sink, letters)
+            total.skipped["quarantined"] += len(letters)
         while pending:
             result = self._plan(sink, pending)
             writes = result.writes + [self._record(c) for c in result.conflicts]
             if writes:
-                sink.write(writes)
+                self.write(sink, writes)
             self._link(sink, result)
             for remedy in result.remedies:
                 self.exchange.send(self.direction, remedy)
@@ -81,6 +92,43 @@ class Applier:
             total.writes += result.writes
             pending = result.deferred
         return total
+
+    def _divert(self, buffer: Sequence[Buffered]) -> tuple[list[Write], list[rules.Change]]:
+        """Split off the changes of blocked keys: they become dead letters, in order."""
+        if not self.quarantine.active:
+            return [], [(change, ts) for change, ts, _ in buffer]
+        letters: list[Write] = []
+        pending: list[rules.Change] = []
+        for change, ts, position in buffer:
+            record = self._record_key(change)
+            if record is not None and self.quarantine.blocks(*record):
+                letters.append(self.quarantine.letter(*record, change, ts, position))
+            else:
+                pending.append((change, ts))
+        return letters, pending
+
+    def _record_key(self, change: RowChange) -> tuple[str, str] | None:
+        for route in self.routes.routes_for(change.table):
+            return route.entity, str(rules.source_row(change).get(route.source_key))
+        return None
+
+    def write(self, sink: Sink, writes: Sequence[Write]) -> None:
+        """Write, naming the culprit of a row error (one write at a time when isolating)."""
+        batches = [[w] for w in writes] if self.quarantine.isolating else [list(writes)]
+        for batch in batches:
+            try:
+                sink.write(batch)
+            except RowError as error:
+                index = getattr(error, "index", None)
+                culprit = batch[index] if index is not None else (
+                    batch[0] if len(batch) == 1 else None)
+                if culprit is not None and self._stops(culprit):
+                    raise PermanentError(f"{culprit.entity}: {error} (on_error: stop)") from error
+                record = (culprit.entity, culprit.source_key) if culprit is not None else None
+                raise Poison(record, error) from error
+
+    def _stops(self, write: Write) -> bool:
+        return any(r.entity == write.entity and r.on_error == "stop" for r in self.routes.routes)
 
     def _plan(self, sink: Sink, changes: Sequence[rules.Change]) -> rules.Plan:
         view = rules.TargetView()

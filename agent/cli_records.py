@@ -116,4 +116,84 @@ def _apply_decision(config: Config, row: dict[str, Any], take: str) -> None:
     write_now(config, into, [write])
 
 
-commands = [conflicts]
+@click.group("dead-letters")
+def dead_letters() -> None:
+    """Rows that could not be applied, and the later changes of their keys waiting behind them."""
+
+
+@dead_letters.command("list")
+@click.option("--all", "everything", is_flag=True, help="Also retried and discarded ones.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_context
+def list_letters(ctx: click.Context, everything: bool, as_json: bool) -> None:
+    """List dead letters (IDs are SYSTEM:N, on the system the rows were meant for)."""
+
+    def action() -> int:
+        config = _config(ctx)
+        where: dict[str, object] = {} if everything else {"status": "pending"}
+        for system in config.systems:
+            for row in records.select(config, system, "dead_letters", where):
+                ident = f"{system}:{row['id']}"
+                if as_json:
+                    click.echo(json.dumps({"id": ident, **{k: v for k, v in row.items()
+                                                          if k != "id"}}, default=str))
+                    continue
+                click.echo(f"{ident:<10} {row['direction']:<14} {row['entity']:<12} "
+                           f"{row['key']:<10} {row['status']:<9} {row['error_class']:<28} "
+                           f"{row['message']}")
+        return 0
+
+    _run(ctx, action)
+
+
+@dead_letters.command("retry")
+@click.argument("letter_id", required=False)
+@click.option("--all", "everything", is_flag=True, help="Every pending letter, oldest first.")
+@click.pass_context
+def retry(ctx: click.Context, letter_id: str | None, everything: bool) -> None:
+    """Apply pending letters again, in order, once the data is fixed (exactly once)."""
+
+    def action() -> int:
+        from agent.quarantine_cli import retry_letters
+
+        config = _config(ctx)
+        selection = _selection(config, letter_id, everything)
+        for line in retry_letters(config, selection):
+            click.echo(line)
+        return 0
+
+    _run(ctx, action)
+
+
+@dead_letters.command("discard")
+@click.argument("letter_id")
+@click.pass_context
+def discard(ctx: click.Context, letter_id: str) -> None:
+    """Give up on a letter: it is kept for the record, but no longer blocks its key."""
+
+    def action() -> int:
+        config = _config(ctx)
+        [(system, number)] = _selection(config, letter_id, False)
+        changed = records.update(config, system, "dead_letters",
+                                 {"id": number, "status": "pending"},
+                                 {"status": "discarded",
+                                  "resolved_at": datetime.now(UTC).replace(tzinfo=None)})
+        if not changed:
+            raise UsageError(f"no pending dead letter {letter_id}")
+        click.echo(f"{letter_id}: discarded")
+        return 0
+
+    _run(ctx, action)
+
+
+def _selection(config: Config, letter_id: str | None, everything: bool) -> list[tuple[str, int]]:
+    """(system, id) pairs: one letter, or every system's (with None as id) for --all."""
+    if everything:
+        return [(system, 0) for system in config.systems]
+    system, _, number = (letter_id or "").partition(":")
+    if system not in config.systems or not number.isdigit():
+        raise UsageError("expected a letter ID as SYSTEM:N, or --all")
+    return [(system, int(number))]
+
+
+commands = [conflicts, dead_letters]

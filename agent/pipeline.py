@@ -24,6 +24,7 @@ from agent.errors import TransientError
 from agent.events import RowChange, TableId, Transaction
 from agent.ports import Sink, Source
 from agent.prefetch import Prefetcher
+from agent.quarantine import Poison
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class Observer(Protocol):
     def state(self, direction: str, state: str) -> None: ...
     def retried(self, direction: str, error: BaseException) -> None: ...
     def conflict(self, entity: str, field: str, resolution: str) -> None: ...
+    def quarantined(self, direction: str, count: int) -> None: ...
 
 
 class NullObserver:
@@ -58,6 +60,9 @@ class NullObserver:
         pass
 
     def conflict(self, entity: str, field: str, resolution: str) -> None:
+        pass
+
+    def quarantined(self, direction: str, count: int) -> None:
         pass
 
 
@@ -119,6 +124,13 @@ class Pipeline:
             try:
                 self._session(stop)
                 return
+            except Poison as poison:
+                # Not a failure of the connection: start over from the checkpoint at once,
+                # with the record that failed (or its batch, to be isolated) set aside.
+                log.warning("%s: a row could not be applied (%s); quarantining it",
+                            self.direction, poison.error.error_class)
+                self.applier.quarantine.block(poison)
+                continue
             except TransientError as error:
                 self._observer.retried(self.direction, error)
                 self._observer.state(self.direction, "retrying")
@@ -136,6 +148,7 @@ class Pipeline:
             sink.open()
             after = sink.read_checkpoint(self.direction)
             reader = Prefetcher(self._source_factory())
+            self.applier.quarantine.reload(force=True)
             reader.start(after)
             self._observer.state(self.direction, "streaming")
             log.info("%s: streaming after position %s", self.direction, after or "(start)")
@@ -170,6 +183,7 @@ class _Session:
         try:
             while not stop.is_set():
                 self.p.last_progress = time.monotonic()
+                self.p.applier.quarantine.reload()
                 item = self.reader.get(self._timeout(self.p._settings))
                 if item is not None:
                     self._take(item)
@@ -178,6 +192,9 @@ class _Session:
                 self._maybe_remedy()
             if not self.batch.in_partial:
                 self._commit()
+        except Poison:
+            self.p.applier.quarantine.rolled_back()
+            raise
         finally:
             if self.batch.pending():
                 self.sink.rollback()
@@ -203,7 +220,7 @@ class _Session:
             if not batch.pending():
                 batch.started = time.monotonic()
             assert batch.buffer is not None
-            batch.buffer.extend((change, ts) for change in changes)
+            batch.buffer.extend((change, ts, item.position) for change in changes)
             batch.rows += len(changes)
             if len(batch.buffer) >= self.p._settings.max_rows:
                 self._flush()
@@ -271,6 +288,9 @@ class _Session:
             return
         self._open()
         result = self.p.applier.apply(self.sink, batch.buffer)
+        quarantined = result.skipped.pop("quarantined", 0)
+        if quarantined:
+            self.p._observer.quarantined(self.p.direction, quarantined)
         for reason, count in result.skipped.items():
             self.p._observer.skipped(self.p.direction, reason, count)
         for c in result.conflicts:
@@ -288,7 +308,7 @@ class _Session:
         if remedies:
             writes = self.p.applier.remedy_writes(self.sink, remedies)
             if writes:
-                self.sink.write(writes)
+                self.p.applier.write(self.sink, writes)
 
     def _commit(self) -> None:
         batch = self.batch
@@ -299,6 +319,7 @@ class _Session:
         self._remedies()
         assert batch.source_ts is not None
         self.sink.commit(self.p.direction, batch.boundary, batch.source_ts)
+        self.p.applier.quarantine.committed()
         self.committed = batch.boundary
         self.reader.confirm(batch.boundary)
         self.p._observer.committed(self.p.direction, batch.txns, batch.rows, batch.source_ts)

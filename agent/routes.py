@@ -103,6 +103,7 @@ class Route:
     defaults: Mapping[str, object] = field(default_factory=dict)
     source: str = "source"  # system names
     target: str = "target"
+    on_error: str = "quarantine"  # or "stop"
 
     @property
     def locator(self) -> str:

@@ -62,7 +62,15 @@ class MetricsObserver:
         self.metrics.retry(direction, error)
 
     def conflict(self, entity: str, field: str, resolution: str) -> None:
-        self.metrics.conflict(entity, field, resolution)
+        try:
+            self.metrics.conflict(entity, field, resolution)
+        except ValueError:
+            # An entity or field added by a reload has no series (labels are fixed at
+            # start so that they stay bounded); a metric must never stop a pipeline.
+            log.debug("no conflict series for %s.%s until the next restart", entity, field)
+
+    def quarantined(self, direction: str, count: int) -> None:
+        self.metrics.quarantine(direction, count)
 
 
 def _metrics_for(config: Config) -> Metrics:

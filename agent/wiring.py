@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 from agent.apply import Applier, Exchange
@@ -21,6 +22,7 @@ from agent.config import (
 from agent.events import TableId
 from agent.pipeline import Observer, Pipeline, Settings
 from agent.ports import Sink, Source
+from agent.quarantine import Quarantine, RecordKey
 from agent.routes import (
     CreateMode,
     DeleteMode,
@@ -151,6 +153,7 @@ def compile_route(config: Config, name: str, entity: EntityConfig, direction: Di
         defaults=dict(entity.defaults.get(target, {})),
         source=source,
         target=target,
+        on_error=entity.on_error,
     )
 
 
@@ -253,10 +256,21 @@ def build_pipelines(config: Config, observer: Observer) -> list[Pipeline]:
         routes = route_table(config, direction)
         if not routes.routes:
             continue
-        applier = Applier(direction.name, routes, judge, exchange, n.state_schema)
+        quarantine = Quarantine(direction.name, n.state_schema,
+                                load=partial(pending_letters, config, direction))
+        applier = Applier(direction.name, routes, judge, exchange, n.state_schema, quarantine)
         pipelines.append(Pipeline(
             direction.name, source_factory(config, direction), sink_factory(config, direction),
             applier, own_origins=own_origins(config, direction), heartbeat_table=n.heartbeats,
             settings=settings, observer=observer,
             coarse_clock=isinstance(config.systems[direction.source], MysqlSystem)))
     return pipelines
+
+
+def pending_letters(config: Config, direction: Direction) -> set[RecordKey]:
+    """Keys with dead letters still pending for ``direction`` (they block later changes)."""
+    from agent import records
+
+    rows = records.select(config, direction.target, "dead_letters",
+                          {"direction": direction.name, "status": "pending"})
+    return {(str(r["entity"]), str(r["key"])) for r in rows}
