@@ -67,6 +67,7 @@ class Applier:
         self.judge = judge
         self.exchange = exchange
         self.conflicts_table = TableId(state_schema, "conflicts")
+        self.links_table = TableId(state_schema, "links")
         self.quarantine = quarantine or Quarantine(direction, state_schema)
 
     def apply(self, sink: Sink, buffer: Sequence[Buffered]) -> rules.Plan:
@@ -133,6 +134,7 @@ class Applier:
     def _plan(self, sink: Sink, changes: Sequence[rules.Change]) -> rules.Plan:
         view = rules.TargetView()
         plain = [c[0] if isinstance(c, tuple) else c for c in changes]
+        self._known_links(sink, plain)
         for (table, locator, columns), keys in rules.lookups(self.routes, plain).items():
             asked = list(keys)
             view.load(table, locator, sink.fetch(table, locator, asked, columns), asked)
@@ -140,6 +142,21 @@ class Applier:
         log.debug("%s: %d changes -> %d writes", self.direction, len(changes),
                   len(result.writes))
         return result
+
+    def _known_links(self, sink: Sink, changes: Sequence[RowChange]) -> None:
+        """Keys generated earlier for source rows that still show no link (the write-back may
+        have been lost in a crash): found in the target's links table, so no twin is made."""
+        asked = {f"{route.entity}:{row.get(route.source_key)}": (route.entity, row)
+                 for change in changes for route in self.routes.routes_for(change.table)
+                 if (row := rules.source_row(change)) and route.locate(row) is None
+                 and self.judge.link_of(route.entity, row.get(route.source_key)) is None}
+        if not asked:
+            return
+        found = sink.fetch(self.links_table, "ident", list(asked), ["target_key"])
+        for ident, values in found.items():
+            entity, row = asked[str(ident)]
+            route = next(r for r in self.routes.routes if r.entity == entity)
+            self.judge.remember_link(entity, row.get(route.source_key), values["target_key"])
 
     def _record(self, c: Conflict) -> Write:
         """The conflicts-table row for a conflict (values encoded exactly, never logged)."""
@@ -162,6 +179,10 @@ class Applier:
                 self.judge.forget_link(route.entity, source_key)
                 continue
             self.judge.remember_link(route.entity, source_key, target_key)
+            sink.write([Write(self.links_table, WriteKind.UPSERT,
+                              {"ident": f"{route.entity}:{source_key}"},
+                              {"entity": route.entity, "source_key": str(source_key),
+                               "target_key": str(target_key)}, {}, route.entity, str(source_key))])
             self.exchange.send(self.direction, Remedy(
                 route.source_table, (route.source_key, source_key),
                 {route.link_column: target_key}, {route.link_column: None}, route.entity, "link"))

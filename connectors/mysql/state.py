@@ -1,4 +1,4 @@
-"""The agent's record tables on a MySQL/MariaDB system: conflicts and dead letters.
+"""The agent's record tables on a MySQL/MariaDB system: conflicts, dead letters, generated links.
 
 Created by ``cdc-agent setup`` beside the checkpoints; written by the pipelines inside their
 target transactions (as ordinary writes) and read and updated by the CLI.
@@ -32,6 +32,12 @@ _TABLES = {
         created_at    datetime(6) NOT NULL DEFAULT UTC_TIMESTAMP(6),
         resolved_at   datetime(6),
         resolved_by   varchar(100)""",
+    "links": """
+        ident         varchar(400) PRIMARY KEY,
+        entity        varchar(100) NOT NULL,
+        source_key    varchar(255) NOT NULL,
+        target_key    varchar(255) NOT NULL,
+        created_at    datetime(6) NOT NULL DEFAULT UTC_TIMESTAMP(6)""",
     "dead_letters": """
         id            bigint AUTO_INCREMENT PRIMARY KEY,
         entity        varchar(100) NOT NULL,

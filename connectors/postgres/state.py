@@ -1,4 +1,4 @@
-"""The agent's record tables on a PostgreSQL system: conflicts and dead letters.
+"""The agent's record tables on a PostgreSQL system: conflicts, dead letters, generated links.
 
 Created by ``cdc-agent setup`` beside the checkpoints; written by the pipelines inside their
 target transactions (as ordinary writes) and read and updated by the CLI.
@@ -29,6 +29,12 @@ _TABLES = {
         created_at    timestamptz NOT NULL DEFAULT now(),
         resolved_at   timestamptz,
         resolved_by   text""",
+    "links": """
+        ident         text PRIMARY KEY,
+        entity        text NOT NULL,
+        source_key    text NOT NULL,
+        target_key    text NOT NULL,
+        created_at    timestamptz NOT NULL DEFAULT now()""",
     "dead_letters": """
         id            bigserial PRIMARY KEY,
         entity        text NOT NULL,
