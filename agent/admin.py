@@ -99,4 +99,26 @@ def server_problems(config: Config) -> list[str]:
 
             found = my.check(mysql_params(system), tables=tables)
         problems += [f"{name}: {p}" for p in found]
+    problems += identity_problems(config)
+    return problems
+
+
+def identity_problems(config: Config) -> list[str]:
+    """PostgreSQL tables whose conflicts and foreign changes the agent cannot see.
+
+    Conflict detection (owner both) and telling a real sovereignty violation from the
+    owner's change on its way need the old row of an UPDATE: REPLICA IDENTITY FULL.
+    """
+    problems = []
+    for name, system in config.systems.items():
+        if not isinstance(system, PostgresSystem):
+            continue
+        needs = [e.table(name) for e in config.entities.values()
+                 if any(f.owner != name for f in e.fields.values())]
+        from connectors.postgres.identity import without_full_identity
+
+        for table in without_full_identity(system.conninfo(), needs):
+            problems.append(f"{name}: table {table} has fields owned by both sides or by the "
+                            f"other system; conflicts need the old row: ALTER TABLE {table} "
+                            "REPLICA IDENTITY FULL")
     return problems
