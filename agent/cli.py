@@ -76,7 +76,11 @@ def check(ctx: click.Context) -> None:
     from agent import admin
 
     def action() -> int:
+        from agent.wiring import route_table
+
         config = _load(ctx)
+        for direction in config.directions():
+            route_table(config, direction)  # what the config says but the agent cannot do
         missing = admin.catalog_problems(config)
         if missing:
             raise ConfigError(missing)

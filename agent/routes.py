@@ -19,7 +19,6 @@ class LinkKind(enum.Enum):
 
     TARGET_HOLDS_KEY = "target_column"  # target[link_column] == source key (unique on the target)
     SOURCE_HOLDS_KEY = "source_column"  # target key == source[link_column]
-    SAME_KEY = "same_key"  # target key == source key
 
 
 class CreateMode(enum.Enum):
@@ -61,7 +60,6 @@ class FieldRoute:
     source_column: str
     target_column: str
     owner: str  # a system name or "both"
-    flows: bool  # the source side may set this field on the target
     value_map: Mapping[object, object] | None = None
     conflict: str = "newest"
     tie: str | None = None
@@ -123,10 +121,6 @@ class Route:
         if self.create is CreateMode.NEVER:
             return False
         return all(p.holds(row) for p in self.create_when)
-
-    @property
-    def flowing(self) -> tuple[FieldRoute, ...]:
-        return tuple(f for f in self.fields if f.flows)
 
 
 @dataclass(frozen=True, slots=True)

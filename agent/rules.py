@@ -18,7 +18,7 @@ from decimal import Decimal
 from agent.conflicts import Conflict, RecentChanges, Remedy, newest_wins
 from agent.events import UNCHANGED, Op, Row, RowChange, TableId
 from agent.ports import Write, WriteKind
-from agent.routes import DeleteMode, FieldRoute, LinkKind, Route, RouteTable
+from agent.routes import DeleteMode, FieldRoute, Route, RouteTable
 
 LookupKey = tuple[TableId, str, tuple[str, ...]]
 Change = RowChange | tuple[RowChange, dt.datetime | None]
@@ -339,8 +339,3 @@ def same_value(current: object, new: object) -> bool:
 def _is_01(a: object, b: object) -> bool:
     """MySQL has no boolean type: tinyint 0/1 stands for false/true."""
     return {a, b} <= {0, 1}
-
-
-def is_linked(route: Route, row: Row) -> bool:
-    """Whether a source row already knows its target row."""
-    return route.link is not LinkKind.SOURCE_HOLDS_KEY or row.get(route.link_column) is not None

@@ -19,6 +19,7 @@ from agent.config import (
     PostgresSystem,
     SystemConfig,
 )
+from agent.errors import ConfigError
 from agent.events import TableId
 from agent.pipeline import Observer, Pipeline, Settings
 from agent.ports import Sink, Source
@@ -83,13 +84,17 @@ def mapped_tables(config: Config, system: str) -> list[TableId]:
     return tables
 
 
-def _link(entity: EntityConfig, source: str, target: str) -> tuple[LinkKind, str]:
+def _link(config: Config, name: str, entity: EntityConfig, source: str,
+          target: str) -> tuple[LinkKind, str]:
     link = entity.link
-    if link.kind == "column" and link.column is not None:
-        if link.side == target:
-            return LinkKind.TARGET_HOLDS_KEY, link.column
-        return LinkKind.SOURCE_HOLDS_KEY, link.column
-    return LinkKind.SAME_KEY, entity.key(target)
+    if link.kind != "column" or link.column is None:
+        where = config.where(f"entities.{name}.link")
+        raise ConfigError([f"{where}: entities.{name}.link: an agent-managed key map "
+                           "({map: SIDE}) is not supported yet; keep the other side's key in a "
+                           "column: {SIDE_column: COLUMN}"])
+    if link.side == target:
+        return LinkKind.TARGET_HOLDS_KEY, link.column
+    return LinkKind.SOURCE_HOLDS_KEY, link.column
 
 
 def _create(entity: EntityConfig, target: str) -> tuple[CreateMode, tuple[Predicate, ...]]:
@@ -125,7 +130,7 @@ def _fields(config: Config, entity: EntityConfig, source: str,
         value_map: dict[object, object] | None = {
             k: v for k, v in f.value_map(source, first).items()} or None
         routes.append(FieldRoute(name, f.columns[source], f.columns[target], f.owner,
-                                 f.flows_from(source), value_map, conflict=f.conflict,
+                                 value_map, conflict=f.conflict,
                                  tie=f.tie or first, on_foreign_change=f.on_foreign_change))
     return tuple(routes)
 
@@ -133,7 +138,7 @@ def _fields(config: Config, entity: EntityConfig, source: str,
 def compile_route(config: Config, name: str, entity: EntityConfig, direction: Direction) -> Route:
     """One entity's mapping for one direction."""
     source, target = direction.source, direction.target
-    link, link_column = _link(entity, source, target)
+    link, link_column = _link(config, name, entity, source, target)
     create, when = _create(entity, target)
     delete, flag = _delete(entity, direction.name)
     return Route(

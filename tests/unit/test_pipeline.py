@@ -95,7 +95,7 @@ def txn(pos: int, *keys: int, origin: str | None = None, final: bool = True) -> 
 
 def run_pipeline(items: list[Transaction], sink: CallSink, **settings: float) -> ListSource:
     route = Route("customer", "crm_to_erp", SRC, "id", DST, "no", LinkKind.TARGET_HOLDS_KEY,
-                  "crm_id", (FieldRoute("name", "name", "name", "crm", True),),
+                  "crm_id", (FieldRoute("name", "name", "name", "crm"),),
                   source="crm", target="erp")
     source = ListSource(items)
     pipeline = Pipeline("crm_to_erp", lambda: source, lambda: sink,
@@ -148,7 +148,7 @@ def test_own_transactions_are_dropped_and_stored_with_the_next_foreign_position(
 def test_own_transactions_alone_are_never_stored_so_directions_cannot_ping_pong() -> None:
     sink = CallSink()
     route = Route("customer", "crm_to_erp", SRC, "id", DST, "no", LinkKind.TARGET_HOLDS_KEY,
-                  "crm_id", (FieldRoute("name", "name", "name", "crm", True),),
+                  "crm_id", (FieldRoute("name", "name", "name", "crm"),),
                   source="crm", target="erp")
     source = ListSource([txn(16, 1, origin="mine")])
     pipeline = Pipeline("crm_to_erp", lambda: source, lambda: sink,

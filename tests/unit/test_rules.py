@@ -34,7 +34,7 @@ T0 = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
 
 def field(name: str, owner: str, **kw: object) -> FieldRoute:
     return FieldRoute(name, f"c_{name}", f"e_{name}", owner=owner,
-                      flows=owner in ("crm", "both"), **kw)  # type: ignore[arg-type]
+                      **kw)  # type: ignore[arg-type]
 
 
 def route(*fields: FieldRoute, **overrides: object) -> Route:
