@@ -8,7 +8,7 @@ from agent.config import Config
 from agent.config.catalog_check import check_catalog
 from agent.config.models import PostgresSystem
 from agent.events import TableId
-from agent.wiring import mapped_tables, marker, mysql_params, names
+from agent.wiring import mapped_tables, marker, mysql_params, names, route_table
 
 
 def _origins_into(config: Config, system: str) -> list[str]:
@@ -31,6 +31,8 @@ def setup(config: Config) -> list[str]:
             from connectors.postgres import state as pg_state
 
             pg_state.create_tables(system.conninfo(), n.state_schema)
+            # Applications' push requests reach the daemon through the log (issue 6).
+            pg_state.publish_requests(system.conninfo(), n.state_schema, n.publication)
             done.append(f"{name}: schema {n.state_schema}, publication and slot {n.slot}")
         else:
             from connectors.mysql import catalog as my
@@ -87,17 +89,21 @@ def server_problems(config: Config) -> list[str]:
     """Server settings and privileges that stop replication (wal_level, binlog format...)."""
     problems: list[str] = []
     n = names(config)
+    targets = {d.target for d in config.directions() if route_table(config, d).routes}
     for name, system in config.systems.items():
         tables = mapped_tables(config, name)
+        writes = tables if name in targets else []
         if isinstance(system, PostgresSystem):
             from connectors.postgres import catalog as pg
 
             found = pg.check(system.conninfo(), tables=tables, slot=n.slot,
-                             publication=n.publication)
+                             publication=n.publication, write_tables=writes,
+                             state_schema=n.state_schema)
         else:
             from connectors.mysql import catalog as my
 
-            found = my.check(mysql_params(system), tables=tables)
+            found = my.check(mysql_params(system), tables=tables, write_tables=writes,
+                             state_schema=n.state_schema)
         problems += [f"{name}: {p}" for p in found]
     problems += identity_problems(config)
     return problems

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -23,21 +24,42 @@ log = logging.getLogger(__name__)
 
 
 class Heartbeats:
-    """Writes one heartbeat per source system every ``agent.heartbeat_interval``."""
+    """Writes one heartbeat per running direction's source every ``agent.heartbeat_interval``.
 
-    def __init__(self, config: Config, metrics: Metrics) -> None:
-        self._config = config
+    Only directions that run get heartbeats: a heartbeat nobody reads back would count as
+    outstanding for ever and show as a growing lag. ``config`` and ``directions`` are read
+    each round, so a reload takes effect at the next beat (connections are remade when the
+    configuration object changes).
+    """
+
+    def __init__(self, config: Config | Callable[[], Config], metrics: Metrics,
+                 directions: Callable[[], list[str]] | None = None) -> None:
+        """``config`` is the configuration or a function giving the running one;
+        ``directions`` the names of the running directions (default: all of them)."""
+        self._current = config if callable(config) else (lambda: config)
+        self._config = self._current()
         self._metrics = metrics
+        self._directions = directions
         self._writers: dict[str, _Writer] = {}
 
     def run(self, stop: threading.Event) -> None:
-        interval = self._config.agent.heartbeat_interval
+        """Beat until ``stop`` is set, then close the connections."""
         try:
-            while not stop.wait(interval):
-                for direction in self._config.directions():
-                    self._beat(direction.source, direction.name)
+            while not stop.wait(self._config.agent.heartbeat_interval):
+                self.beat()
         finally:
             self.close()
+
+    def beat(self) -> None:
+        """Write one heartbeat into the source of every running direction."""
+        config = self._current()
+        if config is not self._config:
+            self.close()
+            self._config = config
+        running = None if self._directions is None else set(self._directions())
+        for direction in config.directions():
+            if running is None or direction.name in running:
+                self._beat(direction.source, direction.name)
 
     def _beat(self, system: str, direction: str) -> None:
         now = time.time()

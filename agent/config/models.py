@@ -77,6 +77,12 @@ class AgentSettings(FrozenModel):
         description='"HOST:PORT" serving /metrics, /livez and /readyz (default '
         "127.0.0.1:9464; port 0 picks a free port).",
     )
+    web_config_file: Path | None = Field(
+        None,
+        description="Exporter-toolkit web config (tls_server_config, basic_auth_users) for "
+        "the metrics endpoint, as node_exporter's --web.config.file. Default: plain HTTP, "
+        "no auth.",
+    )
     heartbeat_interval: Duration = Field(
         10.0,
         gt=0,

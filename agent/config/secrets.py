@@ -68,8 +68,10 @@ def read_password_file(path: Path) -> SecretStr:
 def config_file_problem(path: Path) -> str | None:
     """Why the configuration file itself must not be used, or None.
 
-    A file that anyone may write lets anyone point the agent at another database or
-    password file, so a world-writable configuration file is refused.
+    A file that others may write lets them point the agent at another database or password
+    file, so a group- or world-writable configuration file is refused. Reading it is not
+    refused: it holds no secret (a literal password is an error), and the usual packaging
+    is root:cdc-agent 0640.
     """
     try:
         mode = path.stat().st_mode
@@ -81,6 +83,8 @@ def config_file_problem(path: Path) -> str | None:
         return "configuration file is not a regular file"
     if mode & 0o002:
         return f"configuration file is writable by everyone; run chmod o-w {path}"
+    if mode & 0o020:
+        return f"configuration file is writable by its group; run chmod g-w {path}"
     return None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 
 import pymysql
 from pymysql.cursors import Cursor
@@ -129,19 +130,30 @@ def describe(params: MysqlParams, tables: Iterable[TableId]) -> dict[TableId, di
 
 
 def check(
-    params: MysqlParams, *, tables: Iterable[TableId], server_id: int | None = None
+    params: MysqlParams,
+    *,
+    tables: Iterable[TableId],
+    server_id: int | None = None,
+    write_tables: Iterable[TableId] = (),
+    state_schema: str | None = None,
 ) -> list[str]:
     """Every problem found on the live server (empty list: ready).
 
-    Checks binlog settings, the tables (exist, have a primary key), the replication
-    privileges of the user, and whether ``server_id`` collides with the server's own or a
-    connected replica's.
+    Checks binlog settings, the tables (exist, have a primary key), the replication and
+    table privileges of the user (SELECT on ``tables``; INSERT, UPDATE, DELETE on
+    ``write_tables``, those the agent writes into; with ``state_schema`` also those on the
+    agent's own database; each missing one named with the GRANT that fixes it), and whether
+    ``server_id`` collides with the server's own or a connected replica's.
     """
+    tables = list(tables)
     try:
         with _connection(params) as conn, conn.cursor() as cur:
             problems = _settings_problems(cur)
             problems += _table_problems(cur, tables)
             problems += _privilege_problems(cur, params.user)
+            if not any(p.endswith("does not exist") for p in problems):
+                problems += _table_privilege_problems(cur, tables, list(write_tables),
+                                                      state_schema)
             if server_id is not None:
                 problems += _server_id_problems(cur, server_id)
             return problems
@@ -231,3 +243,177 @@ def _server_id_problems(cur: Cursor, server_id: int) -> list[str]:
         " disconnect it"
         for r in hosts
     ]
+
+
+# -- table privileges --------------------------------------------------------------------------
+
+_TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
+_STATE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")  # CREATE, DROP: setup only
+
+
+def _grantee(cur: Cursor) -> str:
+    """CURRENT_USER() as information_schema spells grantees: 'user'@'host'."""
+    cur.execute("SELECT CURRENT_USER()")
+    row = cur.fetchone()
+    user, _, host = str(row[0] if row else "").rpartition("@")
+    return f"'{user}'@'{host}'"
+
+
+def _held(cur: Cursor, grantee: str, schema: str, table: str | None) -> set[str]:
+    """Privileges ``grantee`` holds on ``schema``.``table`` (or the schema) directly or above.
+
+    Privileges through MariaDB roles are not resolved here; a role-based setup shows up as
+    missing privileges that the server itself would grant (check says so).
+    """
+    held: set[str] = set()
+    cur.execute(
+        "SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = %s",
+        (grantee,),
+    )
+    held |= {str(r[0]).upper() for r in cur.fetchall()}
+    cur.execute(
+        "SELECT PRIVILEGE_TYPE FROM information_schema.SCHEMA_PRIVILEGES"
+        " WHERE GRANTEE = %s AND TABLE_SCHEMA = %s",
+        (grantee, schema),
+    )
+    held |= {str(r[0]).upper() for r in cur.fetchall()}
+    if table is not None:
+        cur.execute(
+            "SELECT PRIVILEGE_TYPE FROM information_schema.TABLE_PRIVILEGES"
+            " WHERE GRANTEE = %s AND TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+            (grantee, schema, table),
+        )
+        held |= {str(r[0]).upper() for r in cur.fetchall()}
+    return held
+
+
+def _table_privilege_problems(
+    cur: Cursor, tables: list[TableId], write_tables: list[TableId], state_schema: str | None
+) -> list[str]:
+    grantee = _grantee(cur)
+    problems = []
+    for table in dict.fromkeys([*tables, *write_tables]):
+        wanted = _TABLE_PRIVILEGES if table in write_tables else ("SELECT",)
+        held = _held(cur, grantee, table.schema, table.name)
+        missing = [p for p in wanted if p not in held]
+        if missing:
+            problems.append(
+                f"user {grantee} lacks {', '.join(missing)} on table {table}: "
+                f"GRANT {', '.join(missing)} ON {quote_table(table)} TO {grantee}"
+            )
+    if state_schema is not None:
+        missing = [p for p in _STATE_PRIVILEGES if p not in _held(cur, grantee, state_schema, None)]
+        if missing:
+            problems.append(
+                f"user {grantee} lacks {', '.join(missing)} on the state database "
+                f"{state_schema}: GRANT {', '.join(_STATE_PRIVILEGES)} ON "
+                f"{quote_ident(state_schema)}.* TO {grantee}"
+            )
+    return problems
+
+
+# -- live state for metrics and `cdc-agent status` --------------------------------------------
+
+Checkpoint = tuple[str, datetime | None, datetime | None]
+"""(position, source commit time, applied at) of one direction."""
+
+
+class MyInspector:
+    """A short-lived read-only look at the agent's state and binlog on one MySQL server.
+
+    A missing state table counts as 0 rows; a connection failure raises the agent's
+    TransientError (via :func:`classify`).
+    """
+
+    def __init__(self, params: MysqlParams) -> None:
+        """Connect now (autocommit)."""
+        try:
+            self._conn = pymysql.connect(**connect_kwargs(params), autocommit=True,
+                                         read_timeout=10, write_timeout=10)
+        except pymysql.err.MySQLError as exc:
+            raise classify(exc, context=f"connect to {params.host}:{params.port}") from exc
+
+    def close(self) -> None:
+        """Disconnect; safe to call twice."""
+        if self._conn.open:
+            self._conn.close()
+
+    def __enter__(self) -> MyInspector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def binlog_bytes_behind(self, position: str | None) -> int | None:
+        """Binlog bytes after ``position`` ("file:offset"); None when it cannot be told
+        (no position yet, binary log off, or no REPLICATION CLIENT / BINLOG MONITOR)."""
+        if not position or ":" not in position:
+            return None
+        file, _, offset_text = position.rpartition(":")
+        if not offset_text.isdigit():
+            return None
+        with self._conn.cursor() as cur:
+            try:
+                cur.execute("SHOW BINARY LOGS")
+            except pymysql.err.MySQLError:
+                return None
+            logs = [(str(r[0]), int(r[1])) for r in cur.fetchall()]
+        names = [name for name, _ in logs]
+        if file not in names:
+            return None  # purged or another server: the reader reports that itself
+        start = names.index(file)
+        behind = sum(size for _, size in logs[start:]) - int(offset_text)
+        return max(0, behind)
+
+    def checkpoint(self, state_schema: str, direction: str) -> Checkpoint | None:
+        """The stored position of ``direction`` (it lives in the direction's target)."""
+        with self._conn.cursor() as cur:
+            try:
+                cur.execute(
+                    f"SELECT position, source_commit_ts, applied_at FROM"
+                    f" {quote_ident(state_schema)}.`checkpoints` WHERE direction = %s",
+                    (direction,),
+                )
+            except pymysql.err.ProgrammingError as exc:
+                if errno_of(exc) in (1049, 1146):
+                    return None
+                raise
+            row = cur.fetchone()
+        if row is None or row[0] is None:
+            return None
+        return str(row[0]), _utc(row[1]), _utc(row[2])
+
+    def count_rows(
+        self, state_schema: str, table: str, direction: str, status: str | None = None
+    ) -> int:
+        """Rows of ``direction`` (and ``status``, if given) in a state table; all its rows if
+        it lacks those columns; 0 if the table does not exist."""
+        target = f"{quote_ident(state_schema)}.{quote_ident(table)}"
+        where, args = "direction = %s", [direction]
+        if status is not None:
+            where, args = where + " AND status = %s", [direction, status]
+        with self._conn.cursor() as cur:
+            try:
+                cur.execute(f"SELECT count(*) FROM {target} WHERE {where}", args)
+            except pymysql.err.MySQLError as exc:
+                if errno_of(exc) in (1049, 1146):
+                    return 0
+                if errno_of(exc) != 1054:
+                    raise
+                cur.execute(f"SELECT count(*) FROM {target}")
+            row = cur.fetchone()
+        return 0 if row is None else int(row[0])
+
+    def tls_version(self) -> str | None:
+        """The TLS protocol of this connection (e.g. ``TLSv1.3``), None when unencrypted."""
+        with self._conn.cursor() as cur:
+            cur.execute("SHOW SESSION STATUS LIKE 'Ssl_version'")
+            row = cur.fetchone()
+        return str(row[1]) if row and row[1] else None
+
+
+def _utc(value: object) -> datetime | None:
+    # DATETIME(6) columns written by the agent hold UTC wall-clock times.
+    if not isinstance(value, datetime):
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

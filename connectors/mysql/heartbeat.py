@@ -14,6 +14,8 @@ import pymysql
 
 from connectors.mysql import MysqlParams, connect_kwargs
 
+_IO_TIMEOUT = 10  # seconds
+
 
 class MyHeartbeat:
     """Keeps one autocommit connection and upserts the heartbeat row."""
@@ -29,7 +31,9 @@ class MyHeartbeat:
     def write(self, at: datetime) -> None:
         """Store ``at`` (the agent's clock); reconnects after a failure."""
         if self._conn is None:
-            self._conn = pymysql.connect(**connect_kwargs(self._params), autocommit=True)
+            # Timeouts: a frozen server must cost one missed beat, not a stuck thread.
+            self._conn = pymysql.connect(**connect_kwargs(self._params), autocommit=True,
+                                         read_timeout=_IO_TIMEOUT, write_timeout=_IO_TIMEOUT)
         local = at.astimezone(self._zone).replace(tzinfo=None)
         try:
             with self._conn.cursor() as cur:

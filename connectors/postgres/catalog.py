@@ -12,6 +12,7 @@ heartbeats table, a pgoutput logical slot, and the replication origins the sinks
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 
 import psycopg
 from psycopg import sql
@@ -19,7 +20,7 @@ from psycopg import sql
 from agent.events import TableId
 from connectors.postgres.errors import translate
 
-__all__ = ["check", "describe", "setup", "teardown"]
+__all__ = ["PgInspector", "check", "describe", "privilege_problems", "setup", "teardown"]
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -147,14 +148,28 @@ WHERE c.oid = to_regclass(quote_ident(%s) || '.' || quote_ident(%s))
 """
 
 
-def check(conninfo: str, *, tables: Sequence[TableId], slot: str, publication: str) -> list[str]:
-    """Problems that stop streaming from this database, each as one sentence."""
+def check(
+    conninfo: str,
+    *,
+    tables: Sequence[TableId],
+    slot: str,
+    publication: str,
+    write_tables: Sequence[TableId] = (),
+    state_schema: str | None = None,
+) -> list[str]:
+    """Problems that stop streaming from this database, each as one sentence.
+
+    Missing privileges are named with the GRANT that fixes them: SELECT on ``tables``,
+    INSERT, UPDATE, DELETE on ``write_tables`` (those the agent writes into), and with
+    ``state_schema`` those on the agent's own schema.
+    """
     with _connect(conninfo) as conn:
         problems = _server_problems(conn)
         for table in tables:
             problems.extend(_table_problems(conn, table))
         problems.extend(_slot_problems(conn, slot))
         problems.extend(_publication_problems(conn, publication, tables))
+        problems.extend(_privilege_problems(conn, tables, write_tables, state_schema))
     return problems
 
 
@@ -224,3 +239,178 @@ def _publication_problems(conn: Conn, publication: str, tables: Sequence[TableId
         for t in tables
         if t not in published
     ]
+
+
+# -- privileges --------------------------------------------------------------------------------
+
+_TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
+
+
+def privilege_problems(
+    conninfo: str,
+    *,
+    tables: Sequence[TableId],
+    write_tables: Sequence[TableId] = (),
+    state_schema: str | None = None,
+) -> list[str]:
+    """Privileges the agent's role lacks, each with the GRANT that fixes it (docs/security.md).
+
+    The role reads the mapped tables (``tables``: SELECT) and writes those it is the target
+    of (``write_tables``); it needs REPLICATION (checked in :func:`check`), CREATE on the
+    database for ``setup`` when the state schema does not exist yet, and USAGE + the table
+    privileges on the state schema once it does.
+    """
+    with _connect(conninfo) as conn:
+        return _privilege_problems(conn, tables, write_tables, state_schema)
+
+
+def _privilege_problems(
+    conn: Conn, tables: Sequence[TableId], write_tables: Sequence[TableId],
+    state_schema: str | None,
+) -> list[str]:
+    problems = []
+    for table in dict.fromkeys([*tables, *write_tables]):
+        found = conn.execute(_REGCLASS_SQL, [table.schema, table.name]).fetchone()
+        if found is None or found[0] is None:
+            continue  # reported as missing elsewhere
+        wanted = _TABLE_PRIVILEGES if table in write_tables else ("SELECT",)
+        problems += _table_privilege_problems(conn, table, wanted)
+    if state_schema is None:
+        return problems
+    row = conn.execute(
+        "SELECT has_schema_privilege(current_user, n.oid, 'USAGE')"
+        " FROM pg_namespace n WHERE n.nspname = %s",
+        [state_schema],
+    ).fetchone()
+    if row is None:
+        created = conn.execute(
+            "SELECT has_database_privilege(current_user, current_database(), 'CREATE')"
+        ).fetchone()
+        if not (created and created[0]):
+            problems.append(
+                f"the state schema {state_schema} does not exist and the agent's role cannot "
+                "create it: run `cdc-agent setup` as a DBA (or GRANT CREATE ON DATABASE <db> "
+                "TO <role>)"
+            )
+    elif not row[0]:
+        schema = sql.Identifier(state_schema).as_string(conn)
+        problems.append(
+            f"the agent's role lacks USAGE on schema {state_schema}: GRANT USAGE ON SCHEMA "
+            f"{schema} TO <role>; GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN "
+            f"SCHEMA {schema} TO <role>"
+        )
+    return problems
+
+
+_REGCLASS_SQL = "SELECT to_regclass(quote_ident(%s) || '.' || quote_ident(%s))"
+
+
+def _table_privilege_problems(conn: Conn, table: TableId, wanted: Sequence[str]) -> list[str]:
+    qualified = sql.Identifier(table.schema, table.name).as_string(conn)
+    missing = [
+        privilege for privilege in wanted if not _has_table_privilege(conn, qualified, privilege)
+    ]
+    usage = conn.execute(
+        "SELECT has_schema_privilege(current_user, %s, 'USAGE')", [table.schema]
+    ).fetchone()
+    problems = []
+    if not (usage and usage[0]):
+        problems.append(
+            f"the agent's role lacks USAGE on schema {table.schema}: "
+            f"GRANT USAGE ON SCHEMA {sql.Identifier(table.schema).as_string(conn)} TO <role>"
+        )
+    if missing:
+        problems.append(
+            f"the agent's role lacks {', '.join(missing)} on table {table}: "
+            f"GRANT {', '.join(missing)} ON {qualified} TO <role>"
+        )
+    return problems
+
+
+def _has_table_privilege(conn: Conn, qualified: str, privilege: str) -> bool:
+    row = conn.execute(
+        "SELECT has_table_privilege(current_user, %s::regclass, %s)", [qualified, privilege]
+    ).fetchone()
+    return bool(row and row[0])
+
+
+# -- live state for metrics and `cdc-agent status` --------------------------------------------
+
+Checkpoint = tuple[str, "datetime | None", "datetime | None"]
+"""(position, source commit time, applied at) of one direction."""
+
+
+class PgInspector:
+    """A short-lived read-only look at the agent's state on one PostgreSQL database.
+
+    Never raises for a missing state table (a feature not set up yet counts as 0 rows); a
+    connection failure raises the agent's TransientError.
+    """
+
+    def __init__(self, conninfo: str) -> None:
+        """Connect now (autocommit, application_name ``cdc-agent status``)."""
+        try:
+            self._conn: Conn = psycopg.connect(
+                conninfo, autocommit=True, application_name="cdc-agent status", connect_timeout=10
+            )
+        except psycopg.Error as exc:
+            raise translate(exc, "connecting") from exc
+
+    def close(self) -> None:
+        """Disconnect; safe to call twice."""
+        self._conn.close()
+
+    def __enter__(self) -> PgInspector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def slot_retained_wal_bytes(self, slot: str) -> int | None:
+        """WAL the slot holds back (``pg_current_wal_lsn() - restart_lsn``); None: no slot."""
+        row = self._conn.execute(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint"
+            " FROM pg_replication_slots WHERE slot_name = %s",
+            [slot],
+        ).fetchone()
+        return None if row is None or row[0] is None else int(str(row[0]))
+
+    def checkpoint(self, state_schema: str, direction: str) -> Checkpoint | None:
+        """The stored position of ``direction`` (it lives in the direction's target)."""
+        query = sql.SQL(
+            "SELECT position, source_commit_ts, applied_at FROM {} WHERE direction = %s"
+        ).format(sql.Identifier(state_schema, "checkpoints"))
+        try:
+            row = self._conn.execute(query, [direction]).fetchone()
+        except psycopg.errors.UndefinedTable:
+            return None
+        if row is None or row[0] is None:
+            return None
+        return str(row[0]), _instant(row[1]), _instant(row[2])
+
+    def count_rows(
+        self, state_schema: str, table: str, direction: str, status: str | None = None
+    ) -> int:
+        """Rows of ``direction`` (and ``status``, if given) in a state table; all its rows if
+        it lacks those columns; 0 if the table does not exist."""
+        target = sql.Identifier(state_schema, table)
+        where, args = "direction = %s", [direction]
+        if status is not None:
+            where, args = where + " AND status = %s", [direction, status]
+        try:
+            row = self._conn.execute(
+                sql.SQL("SELECT count(*) FROM {} WHERE " + where).format(target), args
+            ).fetchone()
+        except psycopg.errors.UndefinedTable:
+            return 0
+        except psycopg.errors.UndefinedColumn:
+            row = self._conn.execute(sql.SQL("SELECT count(*) FROM {}").format(target)).fetchone()
+        return 0 if row is None else int(str(row[0]))
+
+    def ssl_in_use(self) -> bool:
+        """True when this connection is encrypted with TLS."""
+        return bool(self._conn.pgconn.ssl_in_use)
+
+
+def _instant(value: object) -> datetime | None:
+    return value if isinstance(value, datetime) else None

@@ -28,7 +28,8 @@ class PgHeartbeat:
         """Store ``at`` (the agent's clock); reconnects after a failure."""
         if self._conn is None or self._conn.closed:
             self._conn = psycopg.connect(
-                self._conninfo, autocommit=True, application_name="cdc-agent heartbeat"
+                self._conninfo, autocommit=True, application_name="cdc-agent heartbeat",
+                connect_timeout=10,
             )
         try:
             self._conn.execute(self._statement, (at,))
