@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agent.apply import Applier, Exchange
 from agent.config import (
@@ -213,6 +213,8 @@ def mysql_params(system: MysqlSystem) -> MysqlParams:
         tls_ca=str(system.tls.ca) if system.tls and system.tls.ca else None,
         tls_verify_identity=bool(system.tls and system.tls.verify_identity),
         connect_timeout=system.connect_timeout,
+        tls_cert=str(system.tls.cert) if system.tls and system.tls.cert else None,
+        tls_key=str(system.tls.key) if system.tls and system.tls.key else None,
     )
 
 
@@ -263,13 +265,25 @@ def build_pipelines(config: Config, observer: Observer) -> list[Pipeline]:
             continue
         quarantine = Quarantine(direction.name, n.state_schema,
                                 load=partial(pending_letters, config, direction))
-        applier = Applier(direction.name, routes, judge, exchange, n.state_schema, quarantine)
+        applier = Applier(direction.name, routes, judge, exchange, n.state_schema, quarantine,
+                          **_transfer_hooks(config, direction))
         pipelines.append(Pipeline(
             direction.name, source_factory(config, direction), sink_factory(config, direction),
             applier, own_origins=own_origins(config, direction), heartbeat_table=n.heartbeats,
             settings=settings, observer=observer,
             coarse_clock=isinstance(config.systems[direction.source], MysqlSystem)))
     return pipelines
+
+
+def _transfer_hooks(config: Config, direction: Direction) -> dict[str, Any]:
+    """Issue 6: the direction's schedule (staging) and the worker for the push requests its
+    source receives (started here: it first sweeps the requests still pending)."""
+    from agent.staging import scheduler_for
+    from agent.transfer import PushWorker
+
+    worker = PushWorker(config, direction.source)
+    worker.start()
+    return {"scheduler": scheduler_for(config, direction), "requests": worker.submit}
 
 
 def pending_letters(config: Config, direction: Direction) -> set[RecordKey]:

@@ -31,6 +31,8 @@ class MysqlParams:
     tls_ca: str | None = None
     tls_verify_identity: bool = False
     connect_timeout: float = 10.0
+    tls_cert: str | None = None  # client certificate and key, for servers that require one
+    tls_key: str | None = None
 
     def __repr__(self) -> str:
         # Never show the password (this object ends up in logs and tracebacks).
@@ -59,6 +61,9 @@ def connect_kwargs(params: MysqlParams, *, database: str | None = None) -> dict[
         kwargs["ssl_ca"] = params.tls_ca
         kwargs["ssl_verify_cert"] = True
         kwargs["ssl_verify_identity"] = params.tls_verify_identity
+    if params.tls_cert is not None:
+        kwargs["ssl_cert"] = params.tls_cert
+        kwargs["ssl_key"] = params.tls_key
     return kwargs
 
 
