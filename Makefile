@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # The whole suite must stay well inside CI's budget: fail rather than hang.
 SESSION_TIMEOUT ?= 1200
 
-.PHONY: all venv test test-fast lint demo bench clean
+.PHONY: all venv test test-fast lint demo docs docs-check bench clean
 
 all: test
 
@@ -31,8 +31,18 @@ lint: venv
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy --strict tests
 
+## The story in five minutes: throwaway CRM + ERP servers, sample data, the agent (Ctrl-C ends).
 demo: venv
 	$(VENV)/bin/cdc-agent demo
+
+## docs/configuration.md is generated from the config models; docs-check fails when stale.
+REFERENCE := docs/configuration.md
+docs: venv
+	$(PYTHON) -c 'import sys; from pathlib import Path; from agent.config.reference import write_reference; write_reference(Path(sys.argv[1]))' $(REFERENCE)
+
+docs-check: venv
+	@$(PYTHON) -c 'import sys; from pathlib import Path; from agent.config.reference import reference_markdown; sys.exit(Path(sys.argv[1]).read_text(encoding="utf-8") != reference_markdown())' $(REFERENCE) \
+	  || { echo "$(REFERENCE) is out of date: run make docs" >&2; exit 1; }
 
 bench: venv
 	$(PYTHON) -m bench
