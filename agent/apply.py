@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import logging
 import queue
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 
 from agent import rules
 from agent.codec import encode_value
 from agent.conflicts import Conflict, Remedy
 from agent.errors import PermanentError, RowError
-from agent.events import RowChange, TableId
+from agent.events import Op, RowChange, TableId
 from agent.ports import Sink, Write, WriteKind
 from agent.quarantine import Poison, Quarantine
-from agent.routes import RouteTable
+from agent.routes import Route, RouteTable
+from agent.staging import Scheduler, change_of
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,8 @@ class Applier:
 
     def __init__(self, direction: str, routes: RouteTable, judge: rules.Judge,
                  exchange: Exchange, state_schema: str,
-                 quarantine: Quarantine | None = None) -> None:
+                 quarantine: Quarantine | None = None, scheduler: Scheduler | None = None,
+                 requests: Callable[[Mapping[str, object]], None] | None = None) -> None:
         self.direction = direction
         self.routes = routes
         self.judge = judge
@@ -69,14 +71,75 @@ class Applier:
         self.conflicts_table = TableId(state_schema, "conflicts")
         self.links_table = TableId(state_schema, "links")
         self.quarantine = quarantine or Quarantine(direction, state_schema)
+        self.scheduler = scheduler
+        """Schedules of the direction's entities (None: everything is continuous)."""
+        self.requests = requests
+        """Called with each pending push request read from the source's push_requests."""
+        self.requests_table = TableId(state_schema, "push_requests")
 
     def apply(self, sink: Sink, buffer: Sequence[Buffered]) -> rules.Plan:
         """Plan and write ``buffer``; returns the (last round's) plan for the counters.
 
-        Raises :class:`Poison` when a write fails for a row reason (the caller rolls back).
+        Push requests go to :attr:`requests`; changes of ``manual`` entities are dropped and
+        those of cron-scheduled ones staged (see :mod:`agent.staging`). Raises
+        :class:`Poison` when a write fails for a row reason (the caller rolls back).
         """
-        letters, pending = self._divert(buffer)
         total = rules.Plan()
+        if self.scheduler is not None or self.requests is not None:
+            buffer = self._intercept(sink, buffer, total)
+        return self._apply(sink, buffer, total)
+
+    def _intercept(self, sink: Sink, buffer: Sequence[Buffered],
+                   total: rules.Plan) -> list[Buffered]:
+        """Take out push requests and the changes of entities that do not flow continuously."""
+        kept: list[Buffered] = []
+        staged: list[tuple[Route, RowChange, datetime | None]] = []
+        for item in buffer:
+            change = item[0]
+            if change.table == self.requests_table:
+                self._request(change)
+                continue
+            routes = self.routes.routes_for(change.table)
+            mode = self.scheduler.mode(routes[0].entity) if routes and self.scheduler else ""
+            if mode == "manual":  # counted with the filtered changes (a metrics label)
+                total.skipped["filter"] += 1
+            elif mode == "cron":
+                staged.append((routes[0], change, item[1]))
+            else:
+                kept.append(item)
+        if staged:
+            assert self.scheduler is not None
+            self.write(sink, self.scheduler.stage(sink, staged))
+        return kept
+
+    def _request(self, change: RowChange) -> None:
+        row = change.new
+        if self.requests is not None and change.op is not Op.DELETE and row is not None \
+                and row.get("status") == "pending":
+            self.requests(row)
+
+    def apply_window(self, sink: Sink) -> int:
+        """Apply, in the open transaction, the staged records whose window has come, and
+        delete them; returns how many records were applied."""
+        if self.scheduler is None:
+            return 0
+        count = 0
+        for entity in self.scheduler.due():
+            route = next(r for r in self.routes.routes if r.entity == entity)
+            staged, deletes = self.scheduler.take(sink, entity)
+            now = datetime.now(UTC)
+            buffer = [(change_of(s, route.source_table), s.ts or now, "staged") for s in staged]
+            self._apply(sink, buffer, rules.Plan())
+            if deletes:
+                self.write(sink, deletes)
+            self.scheduler.applied(entity)
+            count += len(staged)
+            log.info("%s: applied %d staged %s records at their window", self.direction,
+                     len(staged), entity)
+        return count
+
+    def _apply(self, sink: Sink, buffer: Sequence[Buffered], total: rules.Plan) -> rules.Plan:
+        letters, pending = self._divert(buffer)
         if letters:
             self.write(sink, letters)
             total.skipped["quarantined"] += len(letters)

@@ -149,6 +149,8 @@ class Pipeline:
             after = sink.read_checkpoint(self.direction)
             reader = Prefetcher(self._source_factory())
             self.applier.quarantine.reload(force=True)
+            if self.applier.scheduler is not None:  # windows are re-read from staged rows
+                self.applier.scheduler.reload()
             reader.start(after)
             self._observer.state(self.direction, "streaming")
             log.info("%s: streaming after position %s", self.direction, after or "(start)")
@@ -190,6 +192,7 @@ class _Session:
                 self._maybe_commit(item is None)
                 self._maybe_advance()
                 self._maybe_remedy()
+                self._maybe_window()
             if not self.batch.in_partial:
                 self._commit()
         except Poison:
@@ -363,3 +366,15 @@ class _Session:
             self.sink.begin(self.p.direction)
             self._remedies()
             self.sink.commit(self.p.direction, self.committed, datetime.now(UTC))
+
+    def _maybe_window(self) -> None:
+        """Staged changes whose schedule window has come get a target transaction of their
+        own (see agent.staging); the stored position does not move."""
+        scheduler = self.p.applier.scheduler
+        if scheduler is None or self.batch.pending() or self.batch.in_partial:
+            return
+        if self.committed is None or not scheduler.due():
+            return
+        self.sink.begin(self.p.direction)
+        self.p.applier.apply_window(self.sink)
+        self.sink.commit(self.p.direction, self.committed, datetime.now(UTC))

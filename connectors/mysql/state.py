@@ -6,14 +6,17 @@ target transactions (as ordinary writes) and read and updated by the CLI.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pymysql
 from pymysql.cursors import DictCursor
 
+from agent.events import TableId
 from connectors.mysql import MysqlParams, connect_kwargs
-from connectors.mysql.catalog import quote_ident
+from connectors.mysql.catalog import load_columns, quote_ident, quote_table
+from connectors.mysql.values import Kind, converter, to_param
 
 _TABLES = {
     "conflicts": """
@@ -50,6 +53,33 @@ _TABLES = {
         status        varchar(10) NOT NULL DEFAULT 'pending',
         created_at    datetime(6) NOT NULL DEFAULT UTC_TIMESTAMP(6),
         resolved_at   datetime(6)""",
+    "staged_changes": """
+        id            varchar(512) NOT NULL PRIMARY KEY,
+        direction     varchar(100) NOT NULL,
+        entity        varchar(100) NOT NULL,
+        record        varchar(255) NOT NULL,
+        op            varchar(10) NOT NULL,
+        new_values    mediumtext NOT NULL,
+        old_values    mediumtext,
+        source_commit_ts varchar(40),
+        staged_at     varchar(40) NOT NULL""",
+    "push_requests": """
+        id            bigint AUTO_INCREMENT PRIMARY KEY,
+        entity        varchar(100) NOT NULL,
+        `key`         varchar(255) NOT NULL,
+        status        varchar(10) NOT NULL DEFAULT 'pending',
+        reason        text,
+        created_at    datetime(6) NOT NULL DEFAULT UTC_TIMESTAMP(6),
+        done_at       datetime(6)""",
+    "reconcile_progress": """
+        entity        varchar(100) NOT NULL PRIMARY KEY,
+        options       text NOT NULL,
+        pass          int NOT NULL,
+        last_key      text,
+        counts        mediumtext NOT NULL,
+        status        varchar(10) NOT NULL,
+        started_at    datetime(6) NOT NULL DEFAULT UTC_TIMESTAMP(6),
+        updated_at    datetime(6) NOT NULL DEFAULT UTC_TIMESTAMP(6)""",
 }
 
 
@@ -66,6 +96,40 @@ def create_tables(params: MysqlParams, schema: str) -> None:
             for name, columns in _TABLES.items():
                 cur.execute(f"CREATE TABLE IF NOT EXISTS {quote_ident(schema)}.{quote_ident(name)}"
                             f" ({columns}) DEFAULT CHARSET=utf8mb4")
+    finally:
+        conn.close()
+
+
+def staged_summary(params: MysqlParams, schema: str, direction: str) -> dict[str, str]:
+    """Per entity, the oldest ``staged_at`` of the direction's staged changes."""
+    rows = _query(params, f"SELECT entity, MIN(staged_at) AS t FROM {quote_ident(schema)}"
+                          ".`staged_changes` WHERE direction = %s GROUP BY entity", [direction])
+    return {str(r["entity"]): str(r["t"]) for r in rows}
+
+
+def staged_ids(params: MysqlParams, schema: str, direction: str, entity: str) -> list[str]:
+    """IDs of the direction's staged changes of ``entity``."""
+    rows = _query(params, f"SELECT id FROM {quote_ident(schema)}.`staged_changes`"
+                          " WHERE direction = %s AND entity = %s ORDER BY id", [direction, entity])
+    return [str(r["id"]) for r in rows]
+
+
+def save_row(params: MysqlParams, schema: str, table: str, key: str,
+             values: Mapping[str, object]) -> None:
+    """Insert or replace one row of a state table whose primary key is ``key``."""
+    cols = list(values)
+    updates = ", ".join(f"{quote_ident(c)} = VALUES({quote_ident(c)})" for c in cols if c != key)
+    names, marks = ", ".join(map(quote_ident, cols)), ", ".join(["%s"] * len(cols))
+    _query(params, f"INSERT INTO {quote_ident(schema)}.{quote_ident(table)} ({names})"
+                   f" VALUES ({marks}) ON DUPLICATE KEY UPDATE {updates}", list(values.values()))
+
+
+def _query(params: MysqlParams, statement: str, args: Sequence[object]) -> list[dict[str, Any]]:
+    conn = _connect(params)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement, list(args))
+            return list(cur.fetchall())
     finally:
         conn.close()
 
@@ -101,3 +165,97 @@ def _where(where: Mapping[str, object]) -> str:
     if not where:
         return ""
     return " WHERE " + " AND ".join(f"{quote_ident(c)} = %s" for c in where)
+
+
+class MyRows:
+    """Reads a MySQL/MariaDB database's rows as the reader represents them (push, reconcile).
+
+    One connection and transaction: :meth:`lookup` with ``lock`` keeps the rows locked
+    (FOR UPDATE) until :meth:`end`.
+    """
+
+    def __init__(self, params: MysqlParams) -> None:
+        self._params = params
+        self._zone = ZoneInfo(params.timezone)
+        self._conn: Any = None
+        self._kinds: dict[TableId, dict[str, Kind]] = {}
+
+    def open(self) -> None:
+        """Connect (UTC session, like the sink)."""
+        self._conn = pymysql.connect(**connect_kwargs(self._params), autocommit=False,
+                                     init_command="SET time_zone = '+00:00'")
+
+    def _kind(self, table: TableId) -> dict[str, Kind]:
+        kinds = self._kinds.get(table)
+        if kinds is None:
+            with self._conn.cursor() as cur:
+                defs = load_columns(cur, table)
+            kinds = self._kinds[table] = {n: d.kind for n, d in defs.items()}
+        return kinds
+
+    def _param(self, table: TableId, column: str, value: object) -> object:
+        return to_param(self._kind(table).get(column, Kind.OTHER), value, self._zone, column)
+
+    def _run(self, table: TableId, columns: Sequence[str], statement: str,
+             args: Sequence[object]) -> list[dict[str, object]]:
+        kinds = self._kind(table)
+        convs: list[Callable[[object], object] | None] = [
+            converter(kinds.get(c, Kind.OTHER), self._zone) for c in columns]
+        with self._conn.cursor() as cur:
+            cur.execute(statement, list(args))
+            rows = cur.fetchall()
+        return [{c: v if f is None or v is None else f(v)
+                 for c, f, v in zip(columns, convs, row, strict=True)} for row in rows]
+
+    def columns(self, table: TableId) -> list[str]:
+        """The table's column names."""
+        return list(self._kind(table))
+
+    def count(self, table: TableId, where: Mapping[str, object]) -> int:
+        """How many rows match ``where`` (column = value)."""
+        with self._conn.cursor() as cur:
+            cur.execute(f"SELECT COUNT(*) FROM {quote_table(table)}{_where(where)}",
+                        [self._param(table, c, v) for c, v in where.items()])
+            row = cur.fetchone()
+        self._conn.rollback()
+        return int(row[0]) if row else 0
+
+    def scan(self, table: TableId, key: str, columns: Sequence[str], after: object,
+             limit: int, where: Mapping[str, object]) -> list[dict[str, object]]:
+        """Up to ``limit`` rows with ``key`` greater than ``after`` (None: from the start), in
+        key order, matching ``where`` (column = value)."""
+        conds = [f"{quote_ident(c)} = %s" for c in where]
+        args = [self._param(table, c, v) for c, v in where.items()]
+        if after is not None:
+            conds.append(f"{quote_ident(key)} > %s")
+            args.append(self._param(table, key, after))
+        filters = " WHERE " + " AND ".join(conds) if conds else ""
+        rows = self._run(table, columns, f"SELECT {', '.join(map(quote_ident, columns))} FROM"
+                         f" {quote_table(table)}{filters} ORDER BY {quote_ident(key)}"
+                         f" LIMIT {int(limit)}", args)
+        self._conn.rollback()
+        return rows
+
+    def lookup(self, table: TableId, column: str, keys: Sequence[object], columns: Sequence[str],
+               *, lock: bool) -> list[dict[str, object]]:
+        """Rows whose ``column`` is in ``keys``; ``lock`` keeps them locked until :meth:`end`."""
+        if not keys:
+            return []
+        rows = self._run(table, columns, f"SELECT {', '.join(map(quote_ident, columns))} FROM"
+                         f" {quote_table(table)} WHERE {quote_ident(column)} IN"
+                         f" ({', '.join(['%s'] * len(keys))}){' FOR UPDATE' if lock else ''}",
+                         [self._param(table, column, k) for k in keys])
+        if not lock:
+            self._conn.rollback()
+        return rows
+
+    def end(self) -> None:
+        """End the transaction (releases the locks)."""
+        if self._conn is not None and self._conn.open:
+            self._conn.rollback()
+
+    def close(self) -> None:
+        """Disconnect; safe to call twice."""
+        conn, self._conn = self._conn, None
+        if conn is not None and conn.open:
+            conn.close()
