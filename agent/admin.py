@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
+from agent import records
 from agent.config import Config
 from agent.config.catalog_check import check_catalog
 from agent.config.models import PostgresSystem
@@ -42,6 +44,38 @@ def setup(config: Config) -> list[str]:
 
             my_state.create_tables(mysql_params(system), n.state_schema)
             done.append(f"{name}: database {n.state_schema}")
+    done += _first_positions(config)
+    return done
+
+
+def _first_positions(config: Config) -> list[str]:
+    """Store where each MySQL-source direction starts, if it has no checkpoint yet.
+
+    A PostgreSQL slot keeps every change from the moment setup created it; a binlog reader
+    without a checkpoint would start at the binlog's end whenever it (re)starts and skip what
+    happened meanwhile. So setup pins the start, as the slot does.
+    """
+    from agent.wiring import sink_factory
+
+    done = []
+    for direction in config.directions():
+        system = config.systems[direction.source]
+        if isinstance(system, PostgresSystem):
+            continue
+        from connectors.mysql.reader import current_position
+
+        if records.select(config, direction.target, "checkpoints",
+                          {"direction": direction.name}, order="direction"):
+            continue  # (and a running agent keeps its sink's session to itself)
+        sink = sink_factory(config, direction)()
+        try:
+            sink.open()
+            position = current_position(mysql_params(system))
+            sink.begin(direction.name)
+            sink.commit(direction.name, position, datetime.now(UTC))
+            done.append(f"{direction.name}: starts at {position}")
+        finally:
+            sink.close()
     return done
 
 

@@ -174,6 +174,7 @@ class _Session:
         self.batch = _Batch(buffer=[])
         self.advance: str | None = None
         self.advance_foreign = False
+        self.advance_urgent = False
         self.advanced_at = time.monotonic()
 
     def loop(self, stop: threading.Event) -> None:
@@ -251,6 +252,7 @@ class _Session:
             batch.txns += 1
             return
         self.advance = item.position
+        self.advance_urgent = self.advance_urgent or bool(item.extra.get("urgent"))
         # Only a position past someone else's transaction is worth storing on its own: the
         # store itself is an agent transaction that the other direction reads back as its
         # own, and storing that again would ping-pong between the two forever.
@@ -328,6 +330,7 @@ class _Session:
         self.p._observer.committed(self.p.direction, batch.txns, batch.rows, batch.source_ts)
         self.advance = None
         self.advance_foreign = False
+        self.advance_urgent = False
         self.advanced_at = time.monotonic()
         self.batch = _Batch(buffer=[])
 
@@ -339,7 +342,8 @@ class _Session:
         """
         if self.advance is None or not self.advance_foreign or self.batch.pending():
             return
-        if time.monotonic() - self.advanced_at < self.p._settings.advance_interval:
+        if (time.monotonic() - self.advanced_at < self.p._settings.advance_interval
+                and not self.advance_urgent):
             return
         self._store_advance()
 
@@ -352,6 +356,7 @@ class _Session:
         self.reader.confirm(self.advance)
         self.advance = None
         self.advance_foreign = False
+        self.advance_urgent = False
         self.advanced_at = time.monotonic()
 
     def _maybe_remedy(self) -> None:

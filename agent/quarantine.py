@@ -68,7 +68,12 @@ class Quarantine:
         return bool(self._blocked)
 
     def blocks(self, entity: str, key: str) -> bool:
-        return (entity, key) in self._blocked
+        record = (entity, key)
+        if record in self._blocked and record not in self._errors and record not in self._lettered:
+            # A retry or discard may have settled it since the last load: look again before
+            # making this change wait behind letters that are gone.
+            self.reload(force=True)
+        return record in self._blocked
 
     def letter(self, entity: str, key: str, change: RowChange, ts: datetime | None,
                position: str | None) -> Write:

@@ -10,16 +10,16 @@ from agent.wiring import mysql_params, names
 
 
 def select(config: Config, system: str, table: str,
-           where: Mapping[str, object] | None = None) -> list[dict[str, Any]]:
-    """Rows of ``table`` (conflicts, dead_letters) on ``system``, oldest first."""
+           where: Mapping[str, object] | None = None, order: str = "id") -> list[dict[str, Any]]:
+    """Rows of ``table`` (conflicts, dead_letters...) on ``system``, by ``order``."""
     spec, schema = config.systems[system], names(config).state_schema
     if isinstance(spec, PostgresSystem):
         from connectors.postgres import state as pg
 
-        return pg.select(spec.conninfo(), schema, table, where or {})
+        return pg.select(spec.conninfo(), schema, table, where or {}, order)
     from connectors.mysql import state as my
 
-    return my.select(mysql_params(spec), schema, table, where or {})
+    return my.select(mysql_params(spec), schema, table, where or {}, order)
 
 
 def update(config: Config, system: str, table: str, where: Mapping[str, object],

@@ -240,7 +240,10 @@ def _plan_field(route: Route, f: FieldRoute, change: RowChange, ts: dt.datetime 
     if f.owner == route.source:
         diff[f.target_column] = wanted
     elif f.owner == route.target:
-        if changed is not False:  # unknown counts as changed: the owner's value is the truth
+        # Only a change known to touch the field is a violation. Without the old row (no
+        # REPLICA IDENTITY FULL; `check` names it) a stale value is not one: the owner's
+        # newer value is on its way, and "reverting" to it early would run ahead of it.
+        if changed:
             _foreign_change(route, f, change, ts, record, value, now, result)
     elif changed is False:
         return  # the target's change is on its way here; do not overwrite it with a stale value

@@ -58,9 +58,11 @@ def parse_position(position: str) -> tuple[str, int]:
 class TransactionAssembler:
     """Groups binlog items into transactions and chunks (pure; no I/O)."""
 
-    def __init__(self, start: str, checkpoints: TableId, chunk_rows: int) -> None:
+    def __init__(self, start: str, checkpoints: TableId, chunk_rows: int,
+                 skip_origins: frozenset[str] = frozenset()) -> None:
         self.position = start  # resume point after the last complete transaction
         self._checkpoints = checkpoints
+        self._skip_origins = skip_origins
         self._chunk_rows = chunk_rows
         self._changes: list[RowChange] = []
         self._begin_ts: datetime | None = None
@@ -86,11 +88,18 @@ class TransactionAssembler:
             self._origin = self._marker(item)
         if self._origin is not None and item.table == self._checkpoints:
             return
+        if self.skipping:
+            return
         for change in changes:
             # Flush before adding, so the final chunk of a transaction with rows is never empty.
             if len(self._changes) >= self._chunk_rows:
                 yield self._chunk()
             self._changes.append(change)
+
+    @property
+    def skipping(self) -> bool:
+        """True inside a transaction whose origin is to be skipped: its rows are not needed."""
+        return self._origin is not None and self._origin in self._skip_origins
 
     def _marker(self, item: TxRows) -> str | None:
         if item.table != self._checkpoints or not item.changes:
@@ -187,7 +196,8 @@ class MySource:
     """agent.ports.Source over a MySQL/MariaDB binlog (see the module docstring)."""
 
     def __init__(self, params: MysqlParams, *, server_id: int, state_schema: str,
-                 tables: set[TableId], chunk_rows: int = 1000, heartbeat: float = 5.0) -> None:
+                 tables: set[TableId], chunk_rows: int = 1000, heartbeat: float = 5.0,
+                 skip_origins: frozenset[str] = frozenset()) -> None:
         if chunk_rows < 1:
             raise ValueError("chunk_rows must be positive")
         self._params = params
@@ -196,6 +206,9 @@ class MySource:
         self._tables = frozenset(tables)
         self._chunk_rows = chunk_rows
         self._heartbeat = heartbeat
+        # Transactions with these origins (the agent's own writes, which the pipeline drops)
+        # arrive without their rows: decoding them would only cost time.
+        self._skip_origins = skip_origins
         self._buffer = RowBudgetBuffer(2 * chunk_rows)
         self._stream: BinlogStream | None = None
         self._thread: threading.Thread | None = None
@@ -217,7 +230,8 @@ class MySource:
                                     log_file=log_file, log_pos=log_pos, wants=self._wants,
                                     heartbeat=self._heartbeat)
         assembler = TransactionAssembler(
-            start, TableId(self._state_schema, CHECKPOINTS_TABLE), self._chunk_rows
+            start, TableId(self._state_schema, CHECKPOINTS_TABLE), self._chunk_rows,
+            self._skip_origins,
         )
         self._thread = threading.Thread(target=self._run, args=(self._stream, assembler),
                                         name="mysql-binlog-reader", daemon=True)
@@ -272,6 +286,7 @@ class MySource:
                 for txn in assembler.feed(item):
                     if not self._buffer.put(txn):
                         return
+                stream.skip_rows = assembler.skipping
         except BaseException as exc:  # handed to the consumer thread, which raises it
             self._buffer.put(exc)
 
@@ -310,6 +325,17 @@ def _check_settings(cur: pymysql.cursors.Cursor) -> None:
             problems.append(f"{name} is {value or 'unsupported'}, must be {wanted}")
     if problems:
         raise PermanentError("binlog cannot be read: " + "; ".join(problems))
+
+
+def current_position(params: MysqlParams) -> str:
+    """The binlog's end now, as a position string (where a new direction starts reading)."""
+    conn = pymysql.connect(**connect_kwargs(params))
+    try:
+        with conn.cursor() as cur:
+            file, offset = _current_end(cur)
+    finally:
+        conn.close()
+    return f"{file}:{offset}"
 
 
 def _current_end(cur: pymysql.cursors.Cursor) -> tuple[str, int]:

@@ -52,7 +52,8 @@ SESSION_OPTIONS = (
 )
 RECOVERY_HINT = "run `cdc-agent setup`, then `cdc-agent reconcile ENTITY --apply`"
 _NAME = re.compile(r"^[a-z0-9_]{1,63}$")
-_LOST_STATES = frozenset({"42704"})  # undefined_object: the slot does not exist
+_LOST_STATES = frozenset({"42704"})
+_ROW_MESSAGES = frozenset({b"I", b"U", b"D"})  # undefined_object: the slot does not exist
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +119,7 @@ class PgSource:
         publication: str,
         chunk_rows: int = 1000,
         status_interval: float = 1.0,
+        skip_origins: frozenset[str] = frozenset(),
     ) -> None:
         for label, name in (("slot", slot), ("publication", publication)):
             if not _NAME.match(name):
@@ -128,6 +130,9 @@ class PgSource:
         self._slot = slot
         self._publication = publication
         self._chunk_rows = chunk_rows
+        # Transactions with these origins (the agent's own writes, which the pipeline drops)
+        # arrive without their rows: decoding them would only cost time.
+        self._skip_origins = skip_origins
         self._status_interval = status_interval
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
         self._lock = threading.Lock()
@@ -136,6 +141,7 @@ class PgSource:
         self._last_emitted = 0
         self._last_status = 0.0
         self._last_idle_emit = 0.0
+        self._wal_end = 0  # WAL end reported by the last keepalive
         self._relations: dict[int, _RelInfo] = {}
         self._txn: _OpenTxn | None = None
 
@@ -167,6 +173,7 @@ class PgSource:
             self._confirmed = max(self._confirmed, start)
         self._relations.clear()
         self._txn = None
+        self._wal_end = start
         self._last_status = self._last_idle_emit = time.monotonic()
 
     def poll(self, timeout: float) -> Transaction | None:
@@ -178,7 +185,7 @@ class PgSource:
             while True:
                 frame = self._read_frame(deadline)
                 if frame is None:
-                    return None
+                    return self._idle_position()
                 result = self._handle_frame(frame)
                 if result is not None:
                     return result
@@ -303,6 +310,10 @@ class PgSource:
 
     def _handle_frame(self, frame: bytes) -> Transaction | None:
         if frame[:1] == b"w":  # hot path: decode the payload in place
+            txn = self._txn
+            if (txn is not None and txn.origin is not None and txn.origin in self._skip_origins
+                    and frame[pg.XLOGDATA_HEADER : pg.XLOGDATA_HEADER + 1] in _ROW_MESSAGES):
+                return None
             return self._on_message(pg.decode_message(frame, pg.XLOGDATA_HEADER))
         msg = pg.decode_copy_data(frame)
         if isinstance(msg, pg.Keepalive):
@@ -312,18 +323,27 @@ class PgSource:
     def _on_keepalive(self, msg: pg.Keepalive) -> Transaction | None:
         if msg.reply_requested:
             self._maybe_send_status(force=True)
+        # Remember the WAL end even when it is not emitted now: a server shutting down sends
+        # one keepalive and then waits for the flush to reach it (a fast shutdown hangs
+        # until the agent confirms the end of WAL), so it must be emitted later, not dropped.
+        self._wal_end = max(self._wal_end, msg.wal_end)
+        return self._idle_position(force=msg.reply_requested)
+
+    def _idle_position(self, force: bool = False) -> Transaction | None:
+        """An empty transaction at the last keepalive's WAL end, when past what was emitted."""
         now = time.monotonic()
         if (
             self._txn is None
-            and msg.wal_end > self._last_emitted
-            and now - self._last_idle_emit >= self._status_interval
+            and self._wal_end > self._last_emitted
+            and (force or now - self._last_idle_emit >= self._status_interval)
         ):
             self._last_idle_emit = now
-            self._last_emitted = msg.wal_end
+            self._last_emitted = self._wal_end
             return Transaction(
-                position=format_lsn(msg.wal_end),
-                commit_ts=msg.send_time,
-                extra={"keepalive": True},
+                position=format_lsn(self._wal_end),
+                commit_ts=datetime.now(UTC),
+                # urgent: the server waits for this position (e.g. to shut down)
+                extra={"keepalive": True, "urgent": force},
             )
         return None
 

@@ -34,6 +34,8 @@ CREATE TABLE public.accounts (
     seq_crm bigint NOT NULL DEFAULT 0,
     seq_erp bigint NOT NULL DEFAULT 0
 );
+-- The old row tells the rules which fields a CRM change touched (see the module docstring).
+ALTER TABLE public.accounts REPLICA IDENTITY FULL;
 CREATE TABLE public.account_audit (
     id bigserial PRIMARY KEY, account_id int NOT NULL, seq_erp bigint NOT NULL);
 CREATE FUNCTION audit_seq_erp() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -232,13 +234,13 @@ def wait_converged(crm: PgDatabase, erp: MariaDatabase, timeout: float = 60) -> 
                ignore=(psycopg.OperationalError, pymysql.err.OperationalError))
 
 
-def order_violations(pairs: list[tuple[Any, Any]]) -> list[str]:
+def order_violations(pairs: list[tuple[Any, Any]], label: str) -> list[str]:
     """Keys whose audit values do not rise strictly (a change applied twice or out of order)."""
     last: dict[Any, Any] = {}
     bad = []
     for key, value in pairs:
         if key in last and value <= last[key]:
-            bad.append(f"key {key}: {value} after {last[key]}")
+            bad.append(f"{label}: key {key}: {value} after {last[key]}")
         last[key] = value
     return bad
 
@@ -254,8 +256,8 @@ def assert_exactly_once_in_order(crm: PgDatabase, erp: MariaDatabase) -> dict[st
         if op == "I":
             inserts[crm_id] += 1
     assert [k for k, n in inserts.items() if n != 1] == [], "an ERP row was inserted twice"
-    problems = order_violations([(r[0], r[2]) for r in erp_audit])
+    problems = order_violations([(r[0], r[2]) for r in erp_audit], "crm_to_erp seq_crm")
     crm_audit = crm_rows(crm, "SELECT account_id, seq_erp FROM account_audit ORDER BY id")
-    problems += order_violations([(r[0], r[1]) for r in crm_audit])
+    problems += order_violations([(r[0], r[1]) for r in crm_audit], "erp_to_crm seq_erp")
     assert problems == [], "applied twice or out of order:\n" + "\n".join(problems[:20])
     return {"crm_to_erp_applied": len(erp_audit), "erp_to_crm_applied": len(crm_audit)}

@@ -72,12 +72,23 @@ def _start(setup: AgentSetup) -> AgentProcess:
 
 
 def _finish(proc: AgentProcess, crm: PgDatabase, erp: MariaDatabase) -> dict[str, int]:
-    assert proc.proc.poll() is None, f"agent exited {proc.proc.returncode}:\n{proc.log()[-4000:]}"
     try:
+        assert proc.proc.poll() is None, f"agent exited:\n{proc.log()[-4000:]}"
         wait_converged(crm, erp, timeout=60)
         return assert_exactly_once_in_order(crm, erp)
     finally:
         assert proc.stop() == 0, proc.log()[-4000:]
+
+
+def _kill_at_random_moment(setup: AgentSetup, after: float) -> AgentProcess:
+    """Start the agent and SIGKILL it ``after`` seconds later, whatever it is doing."""
+    proc = AgentProcess(setup)
+    deadline = time.monotonic() + after
+    wait_until(lambda: time.monotonic() >= deadline or proc.proc.poll() is not None,
+               after + 1, message="round did not end")
+    assert proc.proc.poll() is None, f"agent exited:\n{proc.log()[-4000:]}"
+    proc.kill()
+    return proc
 
 
 @pytest.mark.slow
@@ -96,14 +107,13 @@ def test_20_sigkills_at_random_moments_lose_nothing_and_apply_nothing_twice(
         proc.kill()
         for _ in range(KILL_ROUNDS - 1):
             # From the start of the process: some kills land during startup, most mid-apply.
-            proc = AgentProcess(setup)
-            deadline = time.monotonic() + rng.uniform(0.5, 3.0)
-            wait_until(lambda: time.monotonic() >= deadline or proc.proc.poll() is not None,
-                       5, message="round did not end")
-            assert proc.proc.poll() is None, f"agent exited:\n{proc.log()[-4000:]}"
-            proc.kill()
+            proc = _kill_at_random_moment(setup, rng.uniform(0.5, 3.0))
         proc = _start(setup)
-        _wait_both_directions_apply(pg_db, maria_db, 30)
+        try:
+            _wait_both_directions_apply(pg_db, maria_db, 30)
+        except BaseException:
+            proc.kill()
+            raise
     applied = _finish(proc, pg_db, maria_db)
     print(f"{KILL_ROUNDS} kill rounds in {time.monotonic() - started:.0f}s; load "
           f"{dict(load.done)}; applied {applied}")
@@ -121,12 +131,16 @@ def test_postgres_then_mariadb_restart_mid_load_recovers_without_operator(
     teardown_after.append(setup)
     seed(crm, SEED_ROWS)
     proc = _start(setup)
-    with running_load(crm, erp):
-        _wait_both_directions_apply(crm, erp, 30)
-        pg.restart()
-        _wait_both_directions_apply(crm, erp, 60)
-        maria.restart()
-        _wait_both_directions_apply(crm, erp, 60)
+    try:
+        with running_load(crm, erp):
+            _wait_both_directions_apply(crm, erp, 30)
+            pg.restart()
+            _wait_both_directions_apply(crm, erp, 60)
+            maria.restart()
+            _wait_both_directions_apply(crm, erp, 60)
+    except BaseException:
+        proc.kill()
+        raise
     _finish(proc, crm, erp)
 
 
@@ -140,21 +154,28 @@ def test_target_frozen_30s_with_sigstop_recovers_nothing_lost_nothing_twice(
     teardown_after.append(setup)
     seed(pg_db, SEED_ROWS)
     proc = _start(setup)
-    with running_load(pg_db, erp):
-        _wait_both_directions_apply(pg_db, erp, 30)
-        maria.pause()
-        try:
-            time.sleep(30)  # the fault itself: the target stays frozen for 30 s
-            assert proc.proc.poll() is None, f"agent exited:\n{proc.log()[-4000:]}"
-        finally:
-            maria.resume()
-        _wait_both_directions_apply(pg_db, erp, 60)
+    try:
+        with running_load(pg_db, erp):
+            _wait_both_directions_apply(pg_db, erp, 30)
+            maria.pause()
+            try:
+                time.sleep(30)  # the fault itself: the target stays frozen for 30 s
+                assert proc.proc.poll() is None, f"agent exited:\n{proc.log()[-4000:]}"
+            finally:
+                maria.resume()
+            _wait_both_directions_apply(pg_db, erp, 60)
+    except BaseException:
+        proc.kill()
+        raise
     _finish(proc, pg_db, erp)
 
 
 def _exit_69(setup: AgentSetup) -> str:
     proc = AgentProcess(setup)
-    code = proc.wait_exit(60)
+    try:
+        code = proc.wait_exit(60)
+    finally:
+        proc.kill()
     log = proc.log()
     assert code == 69, f"exit {code}:\n{log[-4000:]}"
     assert "reconcile" in log, log[-4000:]
@@ -211,7 +232,15 @@ def test_purged_binlog_stops_with_exit_69_and_names_the_recovery(
         cur.execute("FLUSH BINARY LOGS")
         cur.execute("SHOW BINARY LOGS")
         newest = cur.fetchall()[-1][0]
-        cur.execute("PURGE BINARY LOGS TO %s", (newest,))
+
+        def purged() -> bool:
+            # The server keeps a file a dump thread still reads (the stopped agent's, until
+            # the server notices): purge until only the newest file is left.
+            cur.execute("PURGE BINARY LOGS TO %s", (newest,))
+            cur.execute("SHOW BINARY LOGS")
+            return [r[0] for r in cur.fetchall()] == [newest]
+
+        wait_until(purged, 20, interval=0.2, message="binlogs were not purged")
     conn.close()
     log = _exit_69(setup)
     assert "binlog" in log, log[-4000:]
@@ -221,3 +250,26 @@ def test_systemd_does_not_restart_after_exit_69() -> None:
     unit = (ROOT / "systemd" / "cdc-agent.service").read_text()
     values = re.findall(r"^RestartPreventExitStatus=(.*)$", unit, re.MULTILINE)
     assert values and "69" in " ".join(values).split()
+
+
+def test_erp_change_made_while_down_before_any_erp_checkpoint_is_not_lost(
+        pg_db: PgDatabase, maria_db: MariaDatabase, tmp_path: Path,
+        teardown_after: list[AgentSetup]) -> None:
+    setup = make_setup(tmp_path, pg_db, maria_db)
+    teardown_after.append(setup)
+    seed(pg_db, 1)
+    proc = _start(setup)
+    wait_until(lambda: erp_rows(maria_db, "SELECT count(*) FROM customers")[0][0] == 1, 20,
+               message="the seed row did not reach the ERP")
+    assert proc.stop() == 0  # erp_to_crm has applied nothing yet: it has no checkpoint
+    conn = maria_db.connect()
+    with conn.cursor() as cur:
+        cur.execute("UPDATE customers SET seq_erp = 7")
+    conn.commit()
+    conn.close()
+    proc = _start(setup)
+    try:
+        wait_until(lambda: crm_rows(pg_db, "SELECT seq_erp FROM accounts") == [(7,)], 15,
+                   message="the ERP change made while the agent was down was lost")
+    finally:
+        proc.stop()

@@ -149,6 +149,13 @@ def test_target_owned_field_changed_on_the_source_is_recorded_and_reverted_or_ke
         assert plan.remedies == []
 
 
+def test_target_owned_field_without_the_old_row_is_not_a_violation() -> None:
+    """No old row (no REPLICA IDENTITY FULL): a differing value may just be stale."""
+    plan = run([update({"c_street": "Old"})], {7: {"e_street": "New"}},
+               r=route(field("street", "erp")))
+    assert plan.writes == [] and plan.conflicts == [] and plan.remedies == []
+
+
 def test_target_owned_field_untouched_by_the_source_is_left_alone() -> None:
     """The owner changed it and the change is on its way: no violation, no write."""
     r = route(field("name", "crm"), field("street", "erp"))
