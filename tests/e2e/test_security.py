@@ -252,8 +252,11 @@ def test_least_privilege_roles_replicate_and_check_names_a_missing_grant(
                            f"FROM '{role}'@'127.0.0.1'")
         done = setup.cli("check")
         assert done.returncode == 1
-        assert "lacks SELECT on table public.accounts: GRANT SELECT ON" in done.stderr
-        assert f"lacks SELECT on table {maria_db.name}.customers: GRANT SELECT ON" in done.stderr
+        # Both systems are targets of a direction, so the write grants are named too.
+        assert "lacks SELECT, UPDATE on table public.accounts: GRANT SELECT, UPDATE ON" \
+            in done.stderr
+        assert f"lacks SELECT, DELETE on table {maria_db.name}.customers: GRANT SELECT, DELETE" \
+            in done.stderr
         # What the target side needs on top (the catalogs' write_tables).
         accounts, customers = TableId("public", "accounts"), TableId(maria_db.name, "customers")
         found = pg_catalog.check(make_conninfo(pg_db.dsn, user=role), tables=[accounts],
