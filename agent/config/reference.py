@@ -78,7 +78,8 @@ _FORMS = {
     LinkConfig: [
         "`{<system>_column: COLUMN}` - the table on that system keeps the other "
         "system's key in COLUMN",
-        "`{map: <system>}` - an agent-managed key map table in the state schema on that system",
+        "`{map: <system>}` - an agent-managed key map table in the state schema on that system"
+        " (not supported yet: `check` and `run` refuse it with file:line)",
     ],
     CreateRule: [
         "`always`",
