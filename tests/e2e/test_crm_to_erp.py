@@ -46,9 +46,11 @@ def erp_customer(erp: MariaDatabase, crm_id: int) -> tuple[object, ...] | None:
 def test_insert_update_delete_each_appear_in_the_erp_within_2s(
         agent: AgentProcess, pg_db: PgDatabase, maria_db: MariaDatabase) -> None:
     with pg_db.connect() as conn:
-        crm_id = conn.execute(
+        inserted = conn.execute(
             "INSERT INTO accounts (name, phone, email) VALUES ('Acme GmbH', '+49 30 1234', "
-            "'info@acme.example') RETURNING id").fetchone()[0]
+            "'info@acme.example') RETURNING id").fetchone()
+    assert inserted is not None
+    crm_id = inserted[0]
     wait_until(lambda: erp_customer(maria_db, crm_id) == ("Acme GmbH", "+49 30 1234",
                                                           "info@acme.example", "EUR"),
                timeout=2, message="insert did not reach the ERP within 2 s")

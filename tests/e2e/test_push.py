@@ -144,6 +144,7 @@ def test_push_request_row_is_carried_out_and_marked(shop: Shop) -> None:
     status = wait_until(lambda: _marked(shop, request), timeout=2,
                         message="the request was not marked")
     print(f"FIGURE push_requests INSERT -> ERP row: {arrived:.2f} s")
+    assert status is not None
     assert status[0] == "done" and status[1] is None and status[2] is not None
     assert shop.order(deal) == ("Valves", Decimal("99.90"), "new")
 
@@ -151,6 +152,7 @@ def test_push_request_row_is_carried_out_and_marked(shop: Shop) -> None:
                           " ('order', '999999') RETURNING id")[0]
     failed = wait_until(lambda: _marked(shop, missing), timeout=2,
                         message="the bad request was not marked")
+    assert failed is not None
     assert failed[0] == "failed" and "999999" in failed[1]
 
 

@@ -86,9 +86,11 @@ def test_every_type_round_trips_crm_erp_crm(agent: AgentProcess, pg_db: PgDataba
     names = list(COLUMNS)
     values = [COLUMNS[n][2] if with_values else None for n in names]
     with pg_db.connect() as conn:
-        original = conn.execute(
+        inserted = conn.execute(
             f"INSERT INTO samples ({', '.join(names)}) VALUES ({', '.join(['%s'] * len(names))})"
-            " RETURNING id", values).fetchone()[0]
+            " RETURNING id", values).fetchone()
+    assert inserted is not None
+    original = inserted[0]
     wait_until(lambda: erp_rows(maria_db, "SELECT 1 FROM samples WHERE crm_id = %s",
                                 (original,)), timeout=5, message="the row did not reach the ERP")
     conn_m = maria_db.connect()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from agent.apply import Applier, Exchange
 from agent.events import Op, RowChange, TableId, Transaction
@@ -93,7 +94,7 @@ def txn(pos: int, *keys: int, origin: str | None = None, final: bool = True) -> 
     return Transaction(f"0/{pos:X}", TS, tuple(change(k) for k in keys), origin=origin, final=final)
 
 
-def run_pipeline(items: list[Transaction], sink: CallSink, **settings: float) -> ListSource:
+def run_pipeline(items: list[Transaction], sink: CallSink, **settings: Any) -> ListSource:
     route = Route("customer", "crm_to_erp", SRC, "id", DST, "no", LinkKind.TARGET_HOLDS_KEY,
                   "crm_id", (FieldRoute("name", "name", "name", "crm"),),
                   source="crm", target="erp")

@@ -8,8 +8,10 @@ direction, which ``test_directions_are_symmetric`` shows.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -48,7 +50,7 @@ def route(*fields: FieldRoute, **overrides: object) -> Route:
     return Route(**base)  # type: ignore[arg-type]
 
 
-def run(changes: list[RowChange], current: dict[object, dict[str, object]] | None = None,
+def run(changes: list[RowChange], current: Mapping[Any, Mapping[str, object]] | None = None,
         r: Route | None = None, ts: datetime | None = T0,
         recent: RecentChanges | None = None) -> rules.Plan:
     table = build_route_table("crm_to_erp", [r or route()])
@@ -59,7 +61,7 @@ def run(changes: list[RowChange], current: dict[object, dict[str, object]] | Non
     return rules.plan(table, [(c, ts) for c in changes], view, judge)
 
 
-def update(new: dict[str, object], old: dict[str, object] | None = None) -> RowChange:
+def update(new: Mapping[str, object], old: Mapping[str, object] | None = None) -> RowChange:
     return RowChange(ACCOUNTS, Op.UPDATE, new={"id": 7, **new},
                      old=None if old is None else {"id": 7, **old})
 

@@ -94,8 +94,8 @@ def test_windows_come_from_the_oldest_staged_change_and_a_missed_one_fires() -> 
     scheduler.applied("order")
     assert scheduler.due() == []
     sink = FakeSink({})
-    writes: list[Write] = scheduler.stage(sink, [(ROUTE, upd({"id": 1, "title": "x"}, None),
-                                                  now[0])])  # type: ignore[list-item]
+    writes: list[Write] = scheduler.stage(
+        sink, [(ROUTE, upd({"id": 1, "title": "x"}, None), now[0])])  # type: ignore[arg-type]
     assert len(writes) == 1
     assert scheduler.due() == []  # next window: tomorrow 02:00
     now[0] = datetime(2030, 1, 2, 2, 0, tzinfo=UTC)
