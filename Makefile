@@ -6,7 +6,7 @@ PYTEST  := $(VENV)/bin/pytest
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-x -k pg"`.
 PYTEST_ARGS ?=
 # The whole suite must stay well inside CI's budget: fail rather than hang.
-SESSION_TIMEOUT ?= 1200
+SESSION_TIMEOUT ?= 1800
 
 .PHONY: all venv test test-fast lint demo docs docs-check bench clean
 

@@ -46,11 +46,14 @@ from agent.events import Op, RowChange, TableId
 from connectors.mysql import MysqlParams, connect_kwargs
 from connectors.mysql.catalog import load_columns
 from connectors.mysql.errors import classify, errno_of
+from connectors.mysql.rowcodec import RowCodec, compile_codec
 from connectors.mysql.values import ColumnDef, Converter, Kind, binlog_null, converter
 
 RECOVERY_HINT = "re-snapshot with `cdc-agent reconcile ENTITY --apply`"
 _ER_MASTER_FATAL_ERROR_READING_BINLOG = 1236
 _MARIADB_FL_STANDALONE = 1
+_PARTIAL_UPDATE_ROWS_EVENT = 39  # MySQL 8 partial JSON updates: the library decodes them
+_EVENT_HEADER = 20  # the OK byte, then the 19-byte binlog event header
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,11 +140,32 @@ def binlog_kind(column: Any, catalog: ColumnDef | None) -> Kind:
     return _KIND_BY_TYPE.get(column.type, Kind.OTHER)
 
 
+def _column_converter(column: Any, kind: Kind, zone: tzinfo) -> Converter | None:
+    convert = converter(kind, zone, int_bits=_INT_BITS.get(column.type, 64))
+    if column.type == FIELD_TYPE.STRING and kind in (Kind.BINARY, Kind.UUID):
+        return _fixed_binary(int(column.max_length), convert if kind is Kind.UUID else None, zone)
+    return convert
+
+
+def _fixed_binary(length: int, then: Converter | None, zone: tzinfo) -> Converter:
+    """BINARY(n) (and MariaDB UUID): the binlog drops trailing zero bytes; put them back."""
+    binary = converter(Kind.BINARY, zone)
+    assert binary is not None
+
+    def convert(value: object) -> object:
+        raw = binary(value)
+        if isinstance(raw, bytes) and len(raw) < length:
+            raw = raw.ljust(length, b"\0")
+        return raw if then is None else then(raw)
+
+    return convert
+
+
 class RowDecoder:
     """Converts the library's row dicts of one table layout into read-only rows."""
 
     def __init__(self, table: TableId, columns: list[Any], catalog: dict[str, ColumnDef],
-                 zone: tzinfo) -> None:
+                 zone: tzinfo, *, fast: bool = True) -> None:
         missing = [i for i, c in enumerate(columns) if not c.name]
         if missing:
             raise PermanentError(
@@ -149,11 +173,11 @@ class RowDecoder:
                 " binlog_row_metadata=FULL on the server"
             )
         self.kinds = {c.name: binlog_kind(c, catalog.get(c.name)) for c in columns}
-        pairs = [
-            (c.name, converter(self.kinds[c.name], zone, int_bits=_INT_BITS.get(c.type, 64)))
-            for c in columns
-        ]
+        pairs = [(c.name, _column_converter(c, self.kinds[c.name], zone)) for c in columns]
         self.converters: list[tuple[str, Converter]] = [(n, f) for n, f in pairs if f]
+        self.codec: RowCodec | None = (
+            compile_codec(columns, self.kinds, dict(self.converters), zone) if fast else None
+        )
 
     def row(self, values: dict[str, object], none_sources: dict[str, str]) -> MappingProxyType[
         str, object
@@ -177,8 +201,12 @@ class BinlogStream:
     """
 
     def __init__(self, params: MysqlParams, *, server_id: int, log_file: str, log_pos: int,
-                 wants: Callable[[TableId], bool], heartbeat: float = 5.0) -> None:
+                 wants: Callable[[TableId], bool], heartbeat: float = 5.0,
+                 fast_rows: bool = True) -> None:
         self._params = params
+        self._fast_rows = fast_rows
+        self.skip_rows = False
+        """Set by the reader: rows events are returned without their rows (not decoded)."""
         self._zone = ZoneInfo(params.timezone)
         self._wants = wants
         self._stopping = threading.Event()
@@ -288,7 +316,13 @@ class BinlogStream:
         table = TableId(str(event.schema), str(event.table))
         if not self._wants(table):
             return None
+        if self.skip_rows:
+            return TxRows(table, ())
         decoder = self._decoder(table, event.columns)
+        if decoder.codec is not None:
+            changes = _fast_changes(decoder.codec, table, event)
+            if changes is not None:
+                return TxRows(table, changes)
         if isinstance(event, UpdateRowsEvent):
             changes = tuple(
                 RowChange(table, Op.UPDATE,
@@ -309,10 +343,13 @@ class BinlogStream:
         return TxRows(table, changes)
 
     def _decoder(self, table: TableId, columns: list[Any]) -> RowDecoder:
-        key = (table, tuple((c.name, c.type, c.unsigned) for c in columns))
+        # Everything a decoder depends on: a layout change without DDL in between (e.g. a
+        # table id reused after a server restart) still gets a decoder of its own.
+        key = (table, tuple(map(_layout, columns)))
         decoder = self._decoders.get(key)
         if decoder is None:
-            decoder = RowDecoder(table, columns, self._catalog(table), self._zone)
+            decoder = RowDecoder(table, columns, self._catalog(table), self._zone,
+                                 fast=self._fast_rows)
             self._decoders[key] = decoder
         return decoder
 
@@ -328,6 +365,43 @@ class BinlogStream:
         except pymysql.err.MySQLError as exc:
             self._catalog_conn = None
             raise classify(exc, context=f"catalog of {table}") from exc
+
+
+_LAYOUT_ATTRS = ("max_length", "length_size", "precision", "decimals", "fsp", "size", "bytes",
+                 "character_set_name", "collation_name")
+
+
+def _layout(column: Any) -> tuple[object, ...]:
+    extra = tuple(getattr(column, a, None) for a in _LAYOUT_ATTRS)
+    values = tuple(column.enum_values or ()), tuple(column.set_values or ())
+    return (column.name, column.type, column.unsigned, *extra, *values)
+
+
+def _fast_changes(codec: RowCodec, table: TableId, event: Any) -> tuple[RowChange, ...] | None:
+    """The event's rows through ``codec``, or None when the library must decode them.
+
+    Reads the event body right after the library parsed its header (the rows are still
+    unread: the library decodes them lazily, on first access to ``event.rows``).
+    """
+    update = isinstance(event, UpdateRowsEvent)
+    columns = len(event.columns)
+    full = (1 << columns) - 1
+    bitmaps = [event.columns_present_bitmap] + ([event.columns_present_bitmap2] if update else [])
+    if (event.event_type == _PARTIAL_UPDATE_ROWS_EVENT or event.number_of_columns != columns
+            or any(int.from_bytes(b, "little") & full != full for b in bitmaps)):
+        return None  # not a FULL row image: some columns are missing
+    wrapper = event.packet
+    if getattr(wrapper, "_BinLogPacketWrapper__data_buffer", b""):
+        return None  # the library holds bytes it pushed back: positions would not match
+    raw = wrapper.packet
+    images = codec.images(raw._data, raw._position, _EVENT_HEADER + event.event_size,
+                          2 if update else 1)
+    if update:
+        return tuple(RowChange(table, Op.UPDATE, new=after, old=before)
+                     for before, after in images)
+    if isinstance(event, WriteRowsEvent):
+        return tuple(RowChange(table, Op.INSERT, new=row) for (row,) in images)
+    return tuple(RowChange(table, Op.DELETE, old=row) for (row,) in images)
 
 
 class _Stopped(Exception):

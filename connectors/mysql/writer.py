@@ -55,6 +55,7 @@ class MySink:
         self._checkpoints = f"{quote_ident(state_schema)}.`checkpoints`"
         self._conn: pymysql.connections.Connection[Cursor] | None = None
         self._columns: dict[TableId, dict[str, ColumnDef]] = {}
+        self._kinds: dict[TableId, dict[str, Kind]] = {}
         self._in_tx = False
         self.last_insert_ids: dict[int, int] = {}
 
@@ -273,11 +274,11 @@ class MySink:
 
     def _values(self, table: TableId, values: Mapping[str, object],
                 columns: list[str]) -> list[object]:
-        defs = self._column_defs(table)
-        return [
-            to_param(defs[c].kind if c in defs else Kind.OTHER, values[c], self._zone, c)
-            for c in columns
-        ]
+        kinds = self._kinds.get(table)
+        if kinds is None:  # ColumnDef.kind is computed on each access: once per table here
+            kinds = self._kinds[table] = {n: d.kind for n, d in self._column_defs(table).items()}
+        zone, other = self._zone, Kind.OTHER
+        return [to_param(kinds.get(c, other), values[c], zone, c) for c in columns]
 
     def _column_defs(self, table: TableId) -> dict[str, ColumnDef]:
         defs = self._columns.get(table)
