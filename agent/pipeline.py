@@ -176,6 +176,7 @@ class _Session:
         self.advance_foreign = False
         self.advance_urgent = False
         self.advanced_at = time.monotonic()
+        self.committed_at = 0.0
 
     def loop(self, stop: threading.Event) -> None:
         """Apply until ``stop``; then commit the whole transactions in hand.
@@ -282,9 +283,14 @@ class _Session:
         batch = self.batch
         if batch.boundary is None or batch.in_partial:
             return
-        full = batch.rows >= self.p._settings.max_rows
-        late = time.monotonic() - batch.started >= self.p._settings.max_delay
-        if full or late or idle or not self.reader.has_more():
+        settings = self.p._settings
+        now = time.monotonic()
+        full = batch.rows >= settings.max_rows
+        late = now - batch.started >= settings.max_delay
+        # Group commit: a quiet stream commits at once (latency); right after a commit the
+        # stream is busy, so keep gathering up to max_delay (one fsync for many transactions).
+        busy = now - self.committed_at < settings.max_delay
+        if full or late or (not busy and (idle or not self.reader.has_more())):
             self._commit()
 
     def _flush(self) -> None:
@@ -331,7 +337,7 @@ class _Session:
         self.advance = None
         self.advance_foreign = False
         self.advance_urgent = False
-        self.advanced_at = time.monotonic()
+        self.advanced_at = self.committed_at = time.monotonic()
         self.batch = _Batch(buffer=[])
 
     def _maybe_advance(self) -> None:

@@ -223,16 +223,19 @@ def source_factory(config: Config, direction: Direction) -> Callable[[], Source]
     system: SystemConfig = config.systems[direction.source]
     n = names(config)
     tables = set(mapped_tables(config, direction.source)) | {n.heartbeats}
+    # The pipeline drops the agent's own transactions: the reader need not decode their rows.
+    skip = own_origins(config, direction)
     if isinstance(system, PostgresSystem):
         from connectors.postgres.reader import PgSource
 
         conninfo = system.conninfo()
-        return lambda: PgSource(conninfo, slot=n.slot, publication=n.publication)
+        return lambda: PgSource(conninfo, slot=n.slot, publication=n.publication,
+                                skip_origins=skip)
     from connectors.mysql.reader import MySource
 
     params = mysql_params(system)
     return lambda: MySource(params, server_id=system.server_id, state_schema=n.state_schema,
-                            tables=tables)
+                            tables=tables, skip_origins=skip)
 
 
 def sink_factory(config: Config, direction: Direction) -> Callable[[], Sink]:

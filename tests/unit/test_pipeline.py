@@ -131,7 +131,7 @@ def test_resumes_after_stored_checkpoint() -> None:
 
 def test_many_small_transactions_share_a_target_transaction() -> None:
     sink = CallSink()
-    run_pipeline([txn(i, i) for i in range(1, 201)], sink, max_rows=1000, max_delay=5.0)
+    run_pipeline([txn(i, i) for i in range(1, 201)], sink, max_rows=1000, max_delay=0.5)
     commits = [c for c in sink.calls if c[0] == "commit"]
     assert len(commits) < 50
     assert commits[-1] == ("commit", "0/C8")
@@ -167,7 +167,7 @@ def test_own_transactions_alone_are_never_stored_so_directions_cannot_ping_pong(
 def test_large_transaction_gets_its_own_target_transaction() -> None:
     sink = CallSink()
     items = [txn(1, 1), txn(2, 2, 3, final=False), txn(2, 4, final=True)]
-    run_pipeline(items, sink, max_rows=1000, max_delay=5.0)
+    run_pipeline(items, sink, max_rows=1000, max_delay=0.5)
     kinds = [c[0] for c in sink.calls]
     first_commit = kinds.index("commit")
     assert sink.calls[first_commit] == ("commit", "0/1")

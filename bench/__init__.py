@@ -1,0 +1,1 @@
+"""Benchmark suite of cdc-agent (python -m bench)."""
