@@ -52,7 +52,8 @@ class Remedy:
 
 
 class RecentChanges:
-    """When each side last changed a (entity, record, field): shared by both directions.
+    """When each side last changed a (entity, record, field), and to what: shared by both
+    directions.
 
     Bounded: the oldest entries are forgotten first (a conflict needs the other side's
     change from the last moments, not from last week).
@@ -60,18 +61,23 @@ class RecentChanges:
 
     def __init__(self, capacity: int = 200_000) -> None:
         self._capacity = capacity
-        self._entries: OrderedDict[tuple[str, str, str, str], datetime] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str, str, str], tuple[datetime, object]] = (
+            OrderedDict())
         self._lock = threading.Lock()
 
-    def record(self, entity: str, record: str, field: str, side: str, ts: datetime) -> None:
+    def record(self, entity: str, record: str, field: str, side: str, ts: datetime,
+               value: object = None) -> None:
         key = (entity, record, field, side)
         with self._lock:
             previous = self._entries.pop(key, None)
-            self._entries[key] = ts if previous is None or ts > previous else previous
+            newer = previous is None or ts >= previous[0]
+            self._entries[key] = (ts, value) if newer else previous  # type: ignore[assignment]
             while len(self._entries) > self._capacity:
                 self._entries.popitem(last=False)
 
-    def latest(self, entity: str, record: str, field: str, side: str) -> datetime | None:
+    def latest(self, entity: str, record: str, field: str, side: str
+               ) -> tuple[datetime, object] | None:
+        """The time and value of that side's last change of the field, if known."""
         with self._lock:
             return self._entries.get((entity, record, field, side))
 

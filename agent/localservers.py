@@ -68,6 +68,9 @@ class PgServer(ServerProcess):
     superuser = "postgres"
     password = _PASSWORD
     shutdown_signal = signal.SIGINT  # "fast" shutdown: do not wait for clients
+    # "immediate": ends the walsenders too (a fast shutdown waits for logical replication
+    # clients to confirm the end of WAL); the next start runs crash recovery.
+    immediate_signal = signal.SIGQUIT
 
     BASE_SETTINGS: ClassVar[dict[str, Setting]] = {
         "listen_addresses": HOST,

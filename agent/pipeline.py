@@ -236,14 +236,14 @@ class _Session:
     def _commit_time(self, logged: datetime) -> datetime:
         """The commit time that ``conflict: newest`` compares.
 
-        MariaDB logs whole seconds. A change read within two seconds of its logged time is
-        live, and its arrival time orders it against the other side's change far better than
-        the truncated second; a backlog keeps the logged time.
+        MariaDB logs whole seconds. The logged second is kept, so changes in different seconds
+        are always ordered right; within it, the arrival time (clamped to that second) orders
+        a live change against the other side's, and a backlog counts as the second's end.
         """
         if not self.p._coarse_clock:
             return logged
         now = datetime.now(UTC)
-        return now if logged <= now < logged + timedelta(seconds=2) else logged
+        return max(logged, min(now, logged + timedelta(microseconds=999_999)))
 
     def _close_transaction(self, item: Transaction, own: bool) -> None:
         batch = self.batch

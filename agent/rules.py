@@ -149,7 +149,8 @@ def record_changes(table: RouteTable, change: RowChange, ts: dt.datetime,
             continue
         for f in route.fields:
             if f.owner == "both" and _changed(f, change) is not False:
-                recent.record(route.entity, str(record), f.name, route.source, ts)
+                recent.record(route.entity, str(record), f.name, route.source, ts,
+                              change.new.get(f.source_column))
 
 
 def _source_value(f: FieldRoute, row: Row) -> object:
@@ -276,7 +277,10 @@ def _conflict(route: Route, f: FieldRoute, change: RowChange, ts: dt.datetime | 
     elif f.conflict in (route.source, route.target):
         winner, resolution = f.conflict, f.conflict
     else:
-        theirs = judge.recent.latest(route.entity, record, f.name, route.target)
+        known = judge.recent.latest(route.entity, record, f.name, route.target)
+        # Only the change that put the target's current value there is the competitor; an
+        # older one of that side says nothing (the competitor is not read yet: provisional).
+        theirs = known[0] if known is not None and same_value(known[1], now) else None
         mine = ts if ts is not None else dt.datetime.max.replace(tzinfo=dt.UTC)
         wins = newest_wins(mine, theirs, me=route.source, tie=f.tie or route.source)
         winner, resolution = (route.source if wins else route.target), "newest"

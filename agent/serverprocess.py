@@ -141,6 +141,8 @@ class ServerProcess(abc.ABC):
     os_user: ClassVar[str]  # the OS user the server runs as when we run as root
     temp_prefix: ClassVar[str] = "cdc-server-"  # names its temporary directories
     shutdown_signal: ClassVar[signal.Signals] = signal.SIGTERM
+    # A harder shutdown to try before SIGKILL, one the server still cleans up after.
+    immediate_signal: ClassVar[signal.Signals | None] = None
     _templates: ClassVar[dict[str, Path]] = {}
     _template_lock: ClassVar[threading.Lock] = threading.Lock()
 
@@ -237,10 +239,22 @@ class ServerProcess(abc.ABC):
             self.resume()
             self._signal_main(self.shutdown_signal)
             try:
-                self._proc.wait(timeout)
+                self._proc.wait(timeout / 3 if self.immediate_signal else timeout)
             except subprocess.TimeoutExpired:
-                self._signal_group(signal.SIGKILL)
+                self._escalate(timeout)
         self._reap()
+
+    def _escalate(self, timeout: float) -> None:
+        """The clean shutdown hangs: an immediate one, then SIGKILL of the whole group."""
+        assert self._proc is not None
+        if self.immediate_signal is not None:
+            self._signal_main(self.immediate_signal)
+            try:
+                self._proc.wait(timeout)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+        self._signal_group(signal.SIGKILL)
 
     def kill(self) -> None:
         """Crash the server: SIGKILL its whole process group (no shutdown, no flush)."""

@@ -221,7 +221,7 @@ def test_conflict_with_a_fixed_policy(policy: str, writes: bool, winner: str) ->
 def test_conflict_newest(erp_delta: timedelta | None, crm_wins: bool) -> None:
     recent = RecentChanges()
     if erp_delta is not None:
-        recent.record("customer", "7", "phone", "erp", T0 + erp_delta)
+        recent.record("customer", "7", "phone", "erp", T0 + erp_delta, "E")
     plan = conflicting(both("newest"), recent)
     assert bool(plan.writes) is crm_wins
     assert plan.conflicts[0].winner == ("crm" if crm_wins else "erp")
@@ -229,8 +229,16 @@ def test_conflict_newest(erp_delta: timedelta | None, crm_wins: bool) -> None:
 
 def test_exact_tie_goes_to_the_configured_side() -> None:
     recent = RecentChanges()
-    recent.record("customer", "7", "phone", "erp", T0)
+    recent.record("customer", "7", "phone", "erp", T0, "E")
     assert conflicting(both("newest", tie="erp"), recent).writes == []
+
+
+def test_an_older_change_of_the_other_side_is_not_the_competitor() -> None:
+    """The ERP's last *read* change set "D"; it holds "E": that change is not read yet."""
+    recent = RecentChanges()
+    recent.record("customer", "7", "phone", "erp", T0 - timedelta(seconds=5), "D")
+    plan = conflicting(both("newest"), recent)
+    assert plan.writes and plan.remedies == []  # provisional: no correction of our own side
 
 
 def test_record_changes_notes_only_changed_both_owned_fields() -> None:
@@ -239,17 +247,17 @@ def test_record_changes_notes_only_changed_both_owned_fields() -> None:
     table = build_route_table("crm_to_erp", [r])
     rules.record_changes(table, update({"c_phone": "B", "c_name": "N"},
                                        {"c_phone": "A", "c_name": "M"}), T0, recent)
-    assert recent.latest("customer", "7", "phone", "crm") == T0
+    assert recent.latest("customer", "7", "phone", "crm") == (T0, "B")
     assert recent.latest("customer", "7", "name", "crm") is None
     rules.record_changes(table, update({"c_phone": "B"}, {"c_phone": "B"}), T0 + timedelta(1),
                          recent)
-    assert recent.latest("customer", "7", "phone", "crm") == T0
+    assert recent.latest("customer", "7", "phone", "crm") == (T0, "B")
 
 
 def test_directions_are_symmetric() -> None:
     """The same conflict seen from the ERP side picks the same winner."""
     recent = RecentChanges()
-    recent.record("customer", "7", "phone", "crm", T0)
+    recent.record("customer", "7", "phone", "crm", T0, "B")
     back = route(field("phone", "both"), direction="erp_to_crm", source="erp", target="crm")
     erp_change = RowChange(ACCOUNTS, Op.UPDATE, new={"id": 7, "c_phone": "E"},
                            old={"id": 7, "c_phone": "A"})
