@@ -21,7 +21,7 @@ retries the batch.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from itertools import groupby
 from typing import Any
@@ -189,10 +189,17 @@ class MySink:
         """One multi-row upsert; False (nothing applied) if some row cannot be applied."""
         first = part[0][1]
         columns = _insert_columns(first)
+        return self._multi(table, lambda: (
+            _upsert_sql(table, columns, first, len(part)),
+            [p for _, w in part for p in self._params_of(table, w, columns)]))
+
+    def _multi(self, table: TableId, build: Callable[[], tuple[str, list[object]]]) -> bool:
+        """Run one multi-row statement; False (nothing applied) if some row cannot be applied:
+        the caller then goes row by row, so the error names the failing write."""
         try:
-            args = [p for _, w in part for p in self._params_of(table, w, columns)]
+            sql, args = build()
             with self._cursor() as cur:
-                cur.execute(_upsert_sql(table, columns, first, len(part)), args)
+                cur.execute(sql, args)
         except RowError:
             return False
         except pymysql.err.MySQLError as exc:
@@ -218,19 +225,10 @@ class MySink:
         """One multi-row update; False (nothing applied) if some row cannot be applied."""
         first = part[0][1]
         keys, columns = list(first.key), list(first.values)
-        try:
-            args = [p for _, w in part for p in
-                    self._values(table, w.key, keys) + self._values(table, w.values, columns)]
-            with self._cursor() as cur:
-                cur.execute(_update_join_sql(table, keys, columns, len(part)), args)
-        except RowError:
-            return False
-        except pymysql.err.MySQLError as exc:
-            error = self._fail(exc, str(table))
-            if isinstance(error, RowError):
-                return False
-            raise error from exc
-        return True
+        return self._multi(table, lambda: (
+            _update_join_sql(table, keys, columns, len(part)),
+            [p for _, w in part for p in
+             self._values(table, w.key, keys) + self._values(table, w.values, columns)]))
 
     def _single(self, index: int, item: Write) -> None:
         try:
