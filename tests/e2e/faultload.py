@@ -23,7 +23,7 @@ import psycopg
 import pymysql
 
 from tests.e2e.agentproc import AgentSetup
-from tests.e2e.schema import crm_rows, erp_rows
+from tests.e2e.schema import apply_ddl, crm_rows, erp_rows
 from tests.polling import wait_until
 from tests.servers import MariaDatabase, MariaServer, PgDatabase, PgServer
 
@@ -89,16 +89,7 @@ ENTITY: dict[str, Any] = {
 
 def create_schema(crm: PgDatabase, erp: MariaDatabase) -> None:
     """The CRM and ERP tables and audit triggers of the fault suite."""
-    with crm.connect() as conn:
-        conn.execute(CRM_DDL)
-    conn_m = erp.connect()
-    try:
-        with conn_m.cursor() as cur:
-            for statement in ERP_DDL:
-                cur.execute(statement)
-        conn_m.commit()
-    finally:
-        conn_m.close()
+    apply_ddl(crm, erp, CRM_DDL, ERP_DDL)
 
 
 def pg_database(server: PgServer, name: str) -> PgDatabase:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from tests.servers import MariaDatabase, PgDatabase
@@ -69,17 +70,24 @@ CUSTOMER_ENTITY: dict[str, Any] = {
 }
 
 
-def create_schemas(crm: PgDatabase, erp: MariaDatabase) -> None:
+def apply_ddl(crm: PgDatabase, erp: MariaDatabase, crm_ddl: str,
+              erp_ddl: Sequence[str]) -> None:
+    """Create a test's tables: one PostgreSQL script, then MariaDB statements one by one."""
     with crm.connect() as conn:
-        conn.execute(CRM_DDL)
+        conn.execute(crm_ddl)
     conn_m = erp.connect()
     try:
         with conn_m.cursor() as cur:
-            for statement in ERP_DDL:
+            for statement in erp_ddl:
                 cur.execute(statement)
         conn_m.commit()
     finally:
         conn_m.close()
+
+
+def create_schemas(crm: PgDatabase, erp: MariaDatabase) -> None:
+    """The sample CRM accounts and ERP customers with their audit triggers."""
+    apply_ddl(crm, erp, CRM_DDL, ERP_DDL)
 
 
 def erp_rows(erp: MariaDatabase, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

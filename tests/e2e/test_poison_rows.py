@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.agentproc import AgentProcess, AgentSetup
-from tests.e2e.schema import crm_rows, erp_rows
+from tests.e2e.schema import apply_ddl, crm_rows, erp_rows
 from tests.polling import wait_until
 from tests.servers import MariaDatabase, PgDatabase, quote_maria
 
@@ -136,16 +136,10 @@ class World:
 
 @pytest.fixture
 def world(pg_db: PgDatabase, maria_db: MariaDatabase, tmp_path: Path) -> Iterator[World]:
-    with pg_db.connect() as conn:
-        conn.execute(CRM_DDL)
-    conn_m = maria_db.connect()
-    with conn_m.cursor() as cur:
-        for statement in ERP_DDL:
-            cur.execute(statement)
+    apply_ddl(pg_db, maria_db, CRM_DDL, [
+        *ERP_DDL,
         # An ERP-only customer (no CRM link) whose email a CRM record will clash with.
-        cur.execute("INSERT INTO customers (name, email) VALUES ('erp only', 'taken@example')")
-    conn_m.commit()
-    conn_m.close()
+        "INSERT INTO customers (name, email) VALUES ('erp only', 'taken@example')"])
     setup = AgentSetup(tmp_path, "p" + format(random.getrandbits(40), "x"), pg_db, maria_db,
                        {"customer": ENTITY})
     setup.write()
