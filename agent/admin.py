@@ -28,14 +28,15 @@ def setup(config: Config) -> list[str]:
         if isinstance(system, PostgresSystem):
             from connectors.postgres import catalog as pg
 
-            pg.setup(system.conninfo(), state_schema=n.state_schema, publication=n.publication,
-                     slot=n.slot, tables=tables, origins=_origins_into(config, name))
+            pg.setup(system.conninfo(), state_schema=n.state_schema,
+                     publication=n.publication(name), slot=n.slot(name), tables=tables,
+                     origins=_origins_into(config, name))
             from connectors.postgres import state as pg_state
 
             pg_state.create_tables(system.conninfo(), n.state_schema)
             # Applications' push requests reach the daemon through the log (issue 6).
-            pg_state.publish_requests(system.conninfo(), n.state_schema, n.publication)
-            done.append(f"{name}: schema {n.state_schema}, publication and slot {n.slot}")
+            pg_state.publish_requests(system.conninfo(), n.state_schema, n.publication(name))
+            done.append(f"{name}: schema {n.state_schema}, publication and slot {n.slot(name)}")
         else:
             from connectors.mysql import catalog as my
 
@@ -88,7 +89,7 @@ def teardown(config: Config) -> list[str]:
             from connectors.postgres import catalog as pg
 
             pg.teardown(system.conninfo(), state_schema=n.state_schema,
-                        publication=n.publication, slot=n.slot,
+                        publication=n.publication(name), slot=n.slot(name),
                         origins=_origins_into(config, name))
         else:
             from connectors.mysql import catalog as my
@@ -130,8 +131,8 @@ def server_problems(config: Config) -> list[str]:
         if isinstance(system, PostgresSystem):
             from connectors.postgres import catalog as pg
 
-            found = pg.check(system.conninfo(), tables=tables, slot=n.slot,
-                             publication=n.publication, write_tables=writes,
+            found = pg.check(system.conninfo(), tables=tables, slot=n.slot(name),
+                             publication=n.publication(name), write_tables=writes,
                              state_schema=n.state_schema)
         else:
             from connectors.mysql import catalog as my

@@ -129,7 +129,8 @@ def _retained(config: Config, status: DirectionStatus, origin: _Inspector) -> No
     from connectors.postgres.catalog import PgInspector
 
     if isinstance(origin, PgInspector):
-        status.retained_wal_bytes = origin.slot_retained_wal_bytes(names(config).slot)
+        slot = names(config).slot(status.source)
+        status.retained_wal_bytes = origin.slot_retained_wal_bytes(slot)
     elif isinstance(origin, MyInspector):
         status.binlog_bytes_behind = origin.binlog_bytes_behind(status.position)
 

@@ -5,6 +5,7 @@ The only module that knows both the configuration models and the connectors' con
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -47,21 +48,34 @@ class Names:
     agent: str
     state_schema: str
 
-    @property
-    def slot(self) -> str:
-        return f"cdc_agent_{self.agent}"
+    def slot(self, system: str) -> str:
+        """The replication slot reading ``system``: slots are cluster-wide, so two systems
+        in one PostgreSQL cluster (PG<->PG) need a slot each."""
+        return bounded(f"cdc_agent_{self.agent}_{system}")
 
-    @property
-    def publication(self) -> str:
-        return f"cdc_agent_{self.agent}"
+    def publication(self, system: str) -> str:
+        """The publication of ``system``'s mapped tables (one per system, like the slot)."""
+        return bounded(f"cdc_agent_{self.agent}_{system}")
 
-    def origin(self, direction: str) -> str:
+    def origin(self, direction: str, suffix: str = "") -> str:
         """The PostgreSQL replication origin that tags what ``direction`` writes."""
-        return f"cdc_agent_{self.agent}_{direction}"
+        return bounded(f"cdc_agent_{self.agent}_{direction}{suffix}")
 
     @property
     def heartbeats(self) -> TableId:
         return TableId(self.state_schema, "heartbeats")
+
+
+def bounded(name: str, limit: int = 63) -> str:
+    """``name`` cut to PostgreSQL's identifier limit (63 bytes; names here are ASCII).
+
+    A long name keeps a readable prefix and ends in a hash of the whole name, so it stays
+    unique and is the same on every start (the loop filter compares origin names).
+    """
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    return f"{name[:limit - len(digest) - 1]}_{digest}"
 
 
 def names(config: Config) -> Names:
@@ -190,7 +204,7 @@ def marker(config: Config, direction: str, *, manual: bool = False) -> str:
     suffix = MANUAL if manual else ""
     target = config.systems[direction.split("_to_", 1)[1]]
     if isinstance(target, PostgresSystem):
-        return names(config).origin(direction) + suffix
+        return names(config).origin(direction, suffix)
     return direction + suffix
 
 
@@ -229,7 +243,8 @@ def source_factory(config: Config, direction: Direction) -> Callable[[], Source]
         from connectors.postgres.reader import PgSource
 
         conninfo = system.conninfo()
-        return lambda: PgSource(conninfo, slot=n.slot, publication=n.publication,
+        return lambda: PgSource(conninfo, slot=n.slot(direction.source),
+                                publication=n.publication(direction.source),
                                 skip_origins=skip)
     from connectors.mysql.reader import MySource
 

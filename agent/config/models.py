@@ -42,7 +42,8 @@ PasswordFile = Annotated[Path, AfterValidator(check_password_file)]
 
 
 def _system_name(value: str) -> str:
-    check_name(value, "system names")
+    # Direction names (<a>_to_<b>_manual) must fit the checkpoints table's varchar(100).
+    check_name(value, "system names", limit=40)
     if value in RESERVED_NAMES:
         fail(f"{value} is a reserved word and cannot name a system")
     return value

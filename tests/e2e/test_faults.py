@@ -202,7 +202,7 @@ def test_lost_slot_stops_with_exit_69_and_names_the_recovery(
             conn.execute("SELECT pg_switch_wal()")
             conn.execute("CHECKPOINT")
         status = conn.execute("SELECT wal_status FROM pg_replication_slots "
-                              "WHERE slot_name = %s", (f"cdc_agent_{setup.name}",)).fetchone()
+                              "WHERE slot_name = %s", (f"cdc_agent_{setup.name}_crm",)).fetchone()
     assert status == ("lost",)
     log = _exit_69(setup)
     assert re.search(r"slot .* (invalidated|does not exist|cannot stream)", log), log[-4000:]

@@ -58,7 +58,7 @@ def test_idle_slot_retains_under_64mb_while_other_tables_churn(
         pg_server_factory: PgServerFactory, maria_db: MariaDatabase, tmp_path: Path) -> None:
     crm = pg_database(pg_server_factory(), "crm")
     setup = make_setup(tmp_path, crm, maria_db)
-    slot = f"cdc_agent_{setup.name}"
+    slot = f"cdc_agent_{setup.name}_crm"
     seed(crm, 3)
     proc = AgentProcess(setup)
     stop = threading.Event()

@@ -41,7 +41,7 @@ def test_scheduled_direction_stages_net_changes_until_the_window(
     agent = AgentProcess(setup, env=env)
     shop = Shop(setup, agent)
     schema = setup.state_schema
-    slot = f"cdc_agent_{setup.name}"
+    slot = f"cdc_agent_{setup.name}_crm"
 
     def confirmed() -> int:
         row = crm_rows(pg_db, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots"

@@ -246,3 +246,11 @@ def test_create_defaults_and_flag_errors() -> None:
         "must be a single value (text, number, true/false or null)",
         f"{F}:21: entities.customer.delete.crm_to_erp.flag.value: is required",
     ]
+
+
+def test_system_names_are_at_most_40_characters() -> None:
+    # Direction names like <a>_to_<b>_manual are stored in the checkpoints table (varchar(100)).
+    text = BASE.replace("erp", "e" * 41)
+    assert problems(text) == [
+        f"{F}:8: systems.{'e' * 41}: system names may be at most 40 characters long"
+    ]
