@@ -56,6 +56,8 @@ ROW_ERRNOS: dict[int, tuple[str, str]] = {
     4078: ("bad_value", "illegal value for column {column}"),
 }
 
+_TLS_REFUSED = re.compile(r"CERTIFICATE_VERIFY_FAILED|certificate verify failed|hostname mismatch"
+                          r"|WRONG_VERSION_NUMBER|TLSV1_ALERT", re.IGNORECASE)
 _COLUMN_RE = re.compile(r"column '([^']*)'", re.IGNORECASE)
 _KEY_RE = re.compile(r"(?:for key|constraint) '?`?([^'`]*)`?'?", re.IGNORECASE)
 
@@ -96,6 +98,10 @@ def classify(exc: BaseException, *, context: str = "") -> AgentError:
         return TransientError(f"{prefix}connection lost ({type(exc).__name__})")
     if errno is None:
         return PermanentError(f"{prefix}{type(exc).__name__}")
+    if errno in TRANSIENT_ERRNOS and _TLS_REFUSED.search(_server_message(exc)):
+        # PyMySQL reports a failed certificate check as "cannot connect" (2003): retrying
+        # cannot help until someone fixes the certificate or the tls settings.
+        return PermanentError(f"{prefix}TLS: {_server_message(exc)}")
     if errno in TRANSIENT_ERRNOS:
         return TransientError(f"{prefix}MySQL error {errno}: {_server_message(exc)}")
     if errno in ROW_ERRNOS:

@@ -5,6 +5,8 @@
   query canceled 57014 (statement timeout), admin/crash shutdown and cannot-connect-now
   57P01-57P03, connection exceptions 08*, insufficient resources 53*,
   and any error without SQLSTATE raised by a lost connection;
+- a refused connection (authentication, TLS verification, missing database or role) has no
+  SQLSTATE either; it is recognised by libpq's text and is permanent: fail fast;
 - row errors (quarantine the row): data exceptions 22*, integrity violations 23*;
 - everything else is permanent (authentication 28*, privileges, missing objects, ...).
 
@@ -14,6 +16,8 @@ quotes the offending value.
 """
 
 from __future__ import annotations
+
+import re
 
 import psycopg
 
@@ -25,6 +29,19 @@ _TRANSIENT_STATES = frozenset(
 _TRANSIENT_CLASSES = frozenset({"08", "53"})
 _ROW_CLASSES = frozenset({"22", "23"})
 
+# libpq reports a refused connection without a SQLSTATE, only its text (the server's FATAL
+# message or libpq's own TLS check). These refusals stay until someone changes the server, the
+# certificates or the configuration: fail fast instead of retrying forever. English texts: a
+# server answering in another lc_messages falls back to "transient" (retried, as before).
+_REFUSED = re.compile(
+    r"password authentication failed|authentication failed for user|no pg_hba\.conf entry"
+    r"|pg_hba\.conf rejects|(database|role) \"[^\"]*\" does not exist"
+    r"|certificate verify failed|does not match host name|root certificate file"
+    r"|server does not support SSL|permission denied for database"
+    r"|must be superuser or replication role|SSL error: (tlsv1 alert|certificate|sslv3 alert)",
+    re.IGNORECASE,
+)
+
 
 def is_transient(exc: BaseException) -> bool:
     """True when retrying the same work later can succeed."""
@@ -32,7 +49,10 @@ def is_transient(exc: BaseException) -> bool:
         return isinstance(exc, OSError)
     state = exc.sqlstate
     if state is None:
-        # No SQLSTATE: the client side failed (connection lost, server gone, broken pipe).
+        # No SQLSTATE: the client side failed (connection lost, server gone, broken pipe),
+        # or the server refused the connection (then the text says why).
+        if _REFUSED.search(str(exc)):
+            return False
         return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
     return state in _TRANSIENT_STATES or state[:2] in _TRANSIENT_CLASSES
 
@@ -79,6 +99,9 @@ def translate(exc: BaseException, context: str = "") -> AgentError:
     if isinstance(exc, psycopg.Error):
         if is_row_error(exc):
             return RowError(condition_name(exc), prefix + safe_message(exc))
+        if exc.sqlstate is None:
+            # A refused connection: libpq's text names host, user and reason, no values.
+            return PermanentError(f"{prefix}connection refused: {str(exc).strip()}")
         return PermanentError(prefix + safe_message(exc))
     return PermanentError(f"{prefix}{type(exc).__name__}")
 

@@ -238,3 +238,19 @@ def test_first_start_moves_off_a_port_taken_meanwhile(
     with pg.connect() as conn:
         assert pg_show(conn, "port") == str(pg.port)
     assert maria_variables(maria)["port"] == str(maria.port)
+
+
+def test_pg_refused_connection_is_permanent_and_lost_server_transient(pg_server: PgServer) -> None:
+    from agent.errors import PermanentError, TransientError
+    from connectors.postgres.errors import translate
+
+    with pytest.raises(psycopg.OperationalError) as refused:
+        psycopg.connect(pg_server.dsn().replace(pg_server.password, "wrong"), connect_timeout=5)
+    assert isinstance(translate(refused.value), PermanentError)
+    assert pg_server.password not in str(translate(refused.value))
+    with pytest.raises(psycopg.OperationalError) as missing:
+        psycopg.connect(pg_server.dsn(dbname="no_such_db"), connect_timeout=5)
+    assert isinstance(translate(missing.value), PermanentError)
+    with pytest.raises(psycopg.OperationalError) as nobody:
+        psycopg.connect(f"host={pg_server.host} port=1 connect_timeout=5")
+    assert isinstance(translate(nobody.value), TransientError)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import AgentError
+from agent.errors import AgentError, PermanentError
 from connectors.mysql import MysqlParams
 from connectors.mysql.catalog import MyInspector
 from connectors.postgres.catalog import PgInspector
@@ -91,6 +91,7 @@ def test_postgresql_verify_full(pg_server_factory: Callable[..., PgServer],
     with pytest.raises(AgentError) as refused:
         PgInspector(conninfo).close()
     assert "does not match host name" in str(refused.value), refused.value
+    assert isinstance(refused.value, PermanentError)  # fail fast: retrying cannot help
     assert server.password not in str(refused.value)
 
     install(*_pair(certificates, "right"), tls, server.os_user)
@@ -114,6 +115,7 @@ def test_mariadb_ca_and_identity(maria_server_factory: Callable[..., MariaServer
     with pytest.raises(AgentError) as refused:
         MyInspector(params).close()
     assert "certificate" in str(refused.value).lower(), refused.value
+    assert isinstance(refused.value, PermanentError)  # fail fast: retrying cannot help
     assert server.password not in str(refused.value)
 
     install(*_pair(certificates, "right"), tls, server.os_user)
