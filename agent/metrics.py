@@ -163,6 +163,8 @@ class Metrics:
         for entity in self._entities or ():
             self.open_conflicts.labels(entity)
         for direction in self._directions:
+            if direction in self._heartbeats:
+                continue  # declared before: keep its lag bookkeeping
             self._heartbeats[direction] = _HeartbeatLag()
             self.lag_seconds.labels(direction).set_function(self._lag_reader(direction))
             self.latency.labels(direction)
@@ -212,6 +214,23 @@ class Metrics:
         for seconds in latencies:
             histogram.observe(max(0.0, seconds))
         self.last_apply_timestamp.labels(direction).set(self._clock())
+
+    def declare(self, systems: Iterable[str], directions: Iterable[str],
+                entities: Mapping[str, Iterable[str]]) -> None:
+        """Add the systems, directions, entities and fields a reloaded configuration names.
+
+        Label sets only grow (a removed entity keeps its series until restart), so they stay
+        bounded by what the configurations named; new series start at zero.
+        """
+        with self._lock:
+            self._systems = tuple(dict.fromkeys((*self._systems, *systems)))
+            self._directions = tuple(dict.fromkeys((*self._directions, *directions)))
+            if self._entities is not None:
+                merged = dict(self._entities)
+                for entity, fields in entities.items():
+                    merged[entity] = merged.get(entity, frozenset()) | frozenset(fields)
+                self._entities = merged
+            self._initialise_series()
 
     def skipped(self, direction: str, reason: str, count: int = 1) -> None:
         """``count`` changes not applied for ``reason`` (one of :data:`SKIP_REASONS`)."""

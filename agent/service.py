@@ -64,18 +64,34 @@ class MetricsObserver:
     def conflict(self, entity: str, field: str, resolution: str) -> None:
         try:
             self.metrics.conflict(entity, field, resolution)
-        except ValueError:
-            # An entity or field added by a reload has no series (labels are fixed at
-            # start so that they stay bounded); a metric must never stop a pipeline.
-            log.debug("no conflict series for %s.%s until the next restart", entity, field)
+        except ValueError as error:
+            # Series are declared per configuration (see _validator); should a label still
+            # be unknown, a metric must never stop a pipeline.
+            log.warning("conflict not counted: %s", error)
 
     def quarantined(self, direction: str, count: int) -> None:
         self.metrics.quarantine(direction, count)
 
 
-def _metrics_for(config: Config) -> Metrics:
+def _labels(config: Config) -> tuple[list[str], list[str], dict[str, list[str]]]:
+    """The label values ``config`` names: systems, directions, entities with their fields."""
     entities = {name: list(e.fields) for name, e in config.entities.items()}
-    return Metrics(list(config.systems), [d.name for d in config.directions()], entities)
+    return list(config.systems), [d.name for d in config.directions()], entities
+
+
+def _metrics_for(config: Config) -> Metrics:
+    return Metrics(*_labels(config))
+
+
+def _validator(metrics: Metrics) -> Callable[[Config], list[str]]:
+    """Checks a reloaded configuration; one that passes gets its metric series first (the
+    pipelines it starts record conflicts and skips under its entity and direction names)."""
+    def validate(config: Config) -> list[str]:
+        problems = catalog_problems(config)
+        if not problems:
+            metrics.declare(*_labels(config))
+        return problems
+    return validate
 
 
 def _web_config(config: Config) -> WebConfig | None:
@@ -127,7 +143,7 @@ def run_service(config: Config, path: Path) -> int:
     metrics.config_loaded(True)
     observer = MetricsObserver(metrics)
     daemon = Daemon(path, observer, observer.board, notifier=notifier,
-                    on_reload=metrics.config_loaded, validate=catalog_problems,
+                    on_reload=metrics.config_loaded, validate=_validator(metrics),
                     status=lambda: _status_line(daemon, observer))
 
     def current() -> Config:

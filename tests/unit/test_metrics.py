@@ -240,3 +240,20 @@ def test_retry_accepts_errors_and_folds_unknown_kinds_into_other() -> None:
     name = "cdc_agent_retries_total"
     assert _value(metrics, name, direction="crm_to_erp", kind="deadlock") == 2
     assert _value(metrics, name, direction="crm_to_erp", kind="other") == 1
+
+
+def test_a_reload_declares_new_directions_entities_and_fields() -> None:
+    metrics = _metrics()
+    with pytest.raises(ValueError):
+        metrics.conflict("invoice", "total", "newest")
+    metrics.heartbeat_applied("crm_to_erp", 1.0)
+    metrics.declare(["crm", "erp", "wms"], ["crm_to_wms"], {"invoice": ["total"]})
+    metrics.conflict("invoice", "total", "newest")
+    metrics.skipped("crm_to_wms", "loop")
+    assert _value(metrics, "cdc_agent_conflicts_total", entity="invoice", field="total",
+                  resolution="newest") == 1
+    assert _value(metrics, "cdc_agent_open_conflicts", entity="invoice") == 0
+    assert _value(metrics, "cdc_agent_applied_rows_total", direction="crm_to_wms") == 0
+    # What the first configuration declared keeps working.
+    metrics.conflict(*next((e, f) for e, fs in ENTITIES.items() for f in fs), "newest")
+    metrics.skipped(DIRECTIONS[0], "loop")
