@@ -21,6 +21,7 @@ from agent.errors import PermanentError, RowError
 from agent.events import Op, RowChange, TableId
 from agent.ports import Sink, Write, WriteKind
 from agent.quarantine import Poison, Quarantine
+from agent.remedies import RemedyStore, outbox_write
 from agent.routes import Route, RouteTable
 from agent.staging import Scheduler, change_of
 
@@ -44,6 +45,11 @@ class Exchange:
         source, target = from_direction.split("_to_", 1)
         self._inbox(f"{target}_to_{source}").put(remedy)
 
+    def deliver(self, direction: str, remedies: Sequence[Remedy]) -> None:
+        """Remedies for ``direction`` read back from the outbox."""
+        for remedy in remedies:
+            self._inbox(direction).put(remedy)
+
     def waiting(self, direction: str) -> bool:
         return not self._inbox(direction).empty()
 
@@ -63,7 +69,8 @@ class Applier:
     def __init__(self, direction: str, routes: RouteTable, judge: rules.Judge,
                  exchange: Exchange, state_schema: str,
                  quarantine: Quarantine | None = None, scheduler: Scheduler | None = None,
-                 requests: Callable[[Mapping[str, object]], None] | None = None) -> None:
+                 requests: Callable[[Mapping[str, object]], None] | None = None,
+                 outbox: RemedyStore | None = None) -> None:
         self.direction = direction
         self.routes = routes
         self.judge = judge
@@ -76,6 +83,12 @@ class Applier:
         self.requests = requests
         """Called with each pending push request read from the source's push_requests."""
         self.requests_table = TableId(state_schema, "push_requests")
+        self.state_schema = state_schema
+        self.outbox = outbox
+        """Remedies for this direction that other directions stored durably (None: none)."""
+        self._handled: list[str] = []
+        source, target = direction.split("_to_", 1)
+        self._reverse = f"{target}_to_{source}"
 
     def apply(self, sink: Sink, buffer: Sequence[Buffered]) -> rules.Plan:
         """Plan and write ``buffer``; returns the (last round's) plan for the counters.
@@ -149,8 +162,7 @@ class Applier:
             if writes:
                 self.write(sink, writes)
             self._link(sink, result)
-            for remedy in result.remedies:
-                self.exchange.send(self.direction, remedy)
+            self._send(sink, result.remedies)
             total.skipped.update(result.skipped)
             total.conflicts += result.conflicts
             total.writes += result.writes
@@ -246,14 +258,24 @@ class Applier:
                               {"ident": f"{route.entity}:{source_key}"},
                               {"entity": route.entity, "source_key": str(source_key),
                                "target_key": str(target_key)}, {}, route.entity, str(source_key))])
-            self.exchange.send(self.direction, Remedy(
+            self._send(sink, [Remedy(
                 route.source_table, (route.source_key, source_key),
-                {route.link_column: target_key}, {route.link_column: None}, route.entity, "link"))
+                {route.link_column: target_key}, {route.link_column: None}, route.entity, "link")])
+
+    def _send(self, sink: Sink, remedies: Sequence[Remedy]) -> None:
+        """Remedies go to the reverse pipeline in memory, and into the outbox in the open
+        transaction, so a crash before the reverse pipeline's commit loses none."""
+        if not remedies:
+            return
+        sink.write([outbox_write(self.state_schema, self._reverse, r) for r in remedies])
+        for remedy in remedies:
+            self.exchange.send(self.direction, remedy)
 
     def remedy_writes(self, sink: Sink, remedies: Sequence[Remedy]) -> list[Write]:
         """Writes for the remedies whose rows still hold what they expect."""
         writes: list[Write] = []
         for remedy in remedies:
+            self._handled.append(remedy.ident)
             column, key = remedy.key
             expected = list(remedy.expect)
             current = sink.fetch(remedy.table, column, [key], expected).get(key)
@@ -265,3 +287,34 @@ class Applier:
             writes.append(Write(remedy.table, WriteKind.UPDATE, {column: key}, remedy.values,
                                 {}, remedy.entity, str(key)))
         return writes
+
+    def recover_remedies(self, *, force: bool = False) -> None:
+        """Queue the remedies waiting in the outbox (at session start, and now and then:
+        `push` in another process leaves its write-backs there)."""
+        if force:
+            self._handled.clear()  # handled in a transaction that was rolled back
+        if self.outbox is None or not (force or self.outbox.due()):
+            return
+        try:
+            pending = self.outbox.pending()
+        except Exception as error:  # the system is down: the reader says so; read again later
+            log.warning("%s: could not read stored remedies (%s); trying again later",
+                        self.direction, type(error).__name__)
+            return
+        if pending:
+            log.info("%s: %d stored remedies to apply", self.direction, len(pending))
+            self.exchange.deliver(self.direction, pending)
+
+    def settle_remedies(self) -> None:
+        """After the commit: the remedies handled in it are done (applied, or skipped
+        because their row had changed)."""
+        if not self._handled:
+            return
+        handled, self._handled = self._handled, []
+        if self.outbox is None:
+            return
+        try:
+            self.outbox.settle(handled)
+        except Exception as error:  # they stay pending: handled again later, as a no-op
+            log.warning("%s: could not mark %d remedies done (%s); they will be checked "
+                        "again", self.direction, len(handled), type(error).__name__)

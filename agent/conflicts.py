@@ -11,8 +11,9 @@ change, corrects both sides if that one is newer.
 from __future__ import annotations
 
 import threading
+import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from agent.events import TableId
@@ -49,6 +50,8 @@ class Remedy:
     expect: dict[str, object]
     entity: str
     reason: str  # "revert", "conflict" or "link"
+    ident: str = field(default_factory=lambda: uuid.uuid4().hex)
+    """Names the remedy's row in the outbox (agent.remedies)."""
 
 
 class RecentChanges:

@@ -149,6 +149,7 @@ class Pipeline:
             after = sink.read_checkpoint(self.direction)
             reader = Prefetcher(self._source_factory())
             self.applier.quarantine.reload(force=True)
+            self.applier.recover_remedies(force=True)
             if self.applier.scheduler is not None:  # windows are re-read from staged rows
                 self.applier.scheduler.reload()
             reader.start(after)
@@ -330,6 +331,7 @@ class _Session:
         self._remedies()
         assert batch.source_ts is not None
         self.sink.commit(self.p.direction, batch.boundary, batch.source_ts)
+        self.p.applier.settle_remedies()
         self.p.applier.quarantine.committed()
         self.committed = batch.boundary
         self.reader.confirm(batch.boundary)
@@ -358,6 +360,7 @@ class _Session:
         self.sink.begin(self.p.direction)
         self._remedies()
         self.sink.commit(self.p.direction, self.advance, datetime.now(UTC))
+        self.p.applier.settle_remedies()
         self.committed = self.advance
         self.reader.confirm(self.advance)
         self.advance = None
@@ -369,6 +372,7 @@ class _Session:
         """Corrections waiting while no batch is open get a target transaction of their own."""
         if self.batch.pending() or self.batch.in_partial:
             return
+        self.p.applier.recover_remedies()
         if not self.p.applier.exchange.waiting(self.p.direction):
             return
         if self.advance is not None:
@@ -377,6 +381,7 @@ class _Session:
             self.sink.begin(self.p.direction)
             self._remedies()
             self.sink.commit(self.p.direction, self.committed, datetime.now(UTC))
+            self.p.applier.settle_remedies()
 
     def _maybe_window(self) -> None:
         """Staged changes whose schedule window has come get a target transaction of their

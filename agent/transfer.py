@@ -42,7 +42,7 @@ from agent.quarantine import Poison
 from agent.routes import Route
 from agent.rules import Judge, Plan
 from agent.staging import route_columns
-from agent.wiring import MANUAL, compile_route, mysql_params, names, route_table
+from agent.wiring import MANUAL, compile_route, mysql_params, names, remedy_store, route_table
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,9 @@ def transfer(config: Config, direction: Direction, changes: Sequence[RowChange],
     remedies = exchange.take(back, limit=1_000_000)
     if remedies:
         result.remedies = _write_back(config, direction.source, back, applier, remedies)
+        # Stored in the outbox with the target's commit: a crash before this point leaves
+        # them to the daemon's reverse pipeline; done now, they are marked so.
+        remedy_store(config, back).settle([r.ident for r in remedies])
     return result
 
 

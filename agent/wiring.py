@@ -25,6 +25,7 @@ from agent.events import TableId
 from agent.pipeline import Observer, Pipeline, Settings
 from agent.ports import Sink, Source
 from agent.quarantine import Quarantine, RecordKey
+from agent.remedies import RemedyStore
 from agent.routes import (
     CreateMode,
     DeleteMode,
@@ -269,6 +270,15 @@ def sink_factory(config: Config, direction: Direction) -> Callable[[], Sink]:
     return lambda: MySink(params, state_schema=n.state_schema)
 
 
+def remedy_store(config: Config, direction: str) -> RemedyStore:
+    """The outbox of remedies ``direction`` applies: on its source system (agent.remedies)."""
+    from agent import records
+
+    source = direction.split("_to_", 1)[0]
+    return RemedyStore(direction, partial(records.select, config, source),
+                       partial(records.update, config, source))
+
+
 def build_pipelines(config: Config, observer: Observer) -> list[Pipeline]:
     """One pipeline per direction that has a route; both share the conflict registry and the
     exchange of corrections (a revert of one side is written by the pipeline into that side)."""
@@ -284,6 +294,7 @@ def build_pipelines(config: Config, observer: Observer) -> list[Pipeline]:
         quarantine = Quarantine(direction.name, n.state_schema,
                                 load=partial(pending_letters, config, direction))
         applier = Applier(direction.name, routes, judge, exchange, n.state_schema, quarantine,
+                          outbox=remedy_store(config, direction.name),
                           **_transfer_hooks(config, direction))
         pipelines.append(Pipeline(
             direction.name, source_factory(config, direction), sink_factory(config, direction),

@@ -41,6 +41,18 @@ _TABLES = {
         source_key    varchar(255) NOT NULL,
         target_key    varchar(255) NOT NULL,
         created_at    datetime(6) NOT NULL DEFAULT UTC_TIMESTAMP(6)""",
+    "remedies": """
+        id            varchar(32) NOT NULL PRIMARY KEY,
+        direction     varchar(100) NOT NULL,
+        entity        varchar(100) NOT NULL,
+        reason        varchar(20) NOT NULL,
+        target_table  text NOT NULL,
+        key_column    varchar(255) NOT NULL,
+        key_value     text NOT NULL,
+        new_values    mediumtext NOT NULL,
+        expect        mediumtext NOT NULL,
+        status        varchar(10) NOT NULL DEFAULT 'pending',
+        created_at    datetime(6) NOT NULL DEFAULT UTC_TIMESTAMP(6)""",
     "dead_letters": """
         id            bigint AUTO_INCREMENT PRIMARY KEY,
         entity        varchar(100) NOT NULL,
@@ -136,12 +148,12 @@ def _query(params: MysqlParams, statement: str, args: Sequence[object]) -> list[
 
 def select(params: MysqlParams, schema: str, table: str, where: Mapping[str, object],
            order: str = "id") -> list[dict[str, Any]]:
-    """Rows of a record table matching every ``where`` column (equality)."""
+    """Rows of a record table matching every ``where`` column (equality; a list: any of)."""
     conn = _connect(params)
     try:
         with conn.cursor() as cur:
             cur.execute(f"SELECT * FROM {quote_ident(schema)}.{quote_ident(table)}"
-                        f"{_where(where)} ORDER BY {quote_ident(order)}", list(where.values()))
+                        f"{_where(where)} ORDER BY {quote_ident(order)}", _args(where))
             return list(cur.fetchall())
     finally:
         conn.close()
@@ -156,7 +168,7 @@ def update(params: MysqlParams, schema: str, table: str, where: Mapping[str, obj
         with conn.cursor() as cur:
             return int(cur.execute(
                 f"UPDATE {quote_ident(schema)}.{quote_ident(table)} SET {sets}{_where(where)}",
-                [*values.values(), *where.values()]))
+                [*values.values(), *_args(where)]))
     finally:
         conn.close()
 
@@ -164,7 +176,14 @@ def update(params: MysqlParams, schema: str, table: str, where: Mapping[str, obj
 def _where(where: Mapping[str, object]) -> str:
     if not where:
         return ""
-    return " WHERE " + " AND ".join(f"{quote_ident(c)} = %s" for c in where)
+    return " WHERE " + " AND ".join(
+        f"{quote_ident(c)} IN ({', '.join(['%s'] * len(v))})" if isinstance(v, list)
+        else f"{quote_ident(c)} = %s" for c, v in where.items())
+
+
+def _args(where: Mapping[str, object]) -> list[object]:
+    """The parameters of :func:`_where`: a list value gives one parameter per element."""
+    return [a for v in where.values() for a in (v if isinstance(v, list) else [v])]
 
 
 class MyRows:

@@ -40,6 +40,18 @@ _TABLES = {
         source_key    text NOT NULL,
         target_key    text NOT NULL,
         created_at    timestamptz NOT NULL DEFAULT now()""",
+    "remedies": """
+        id            text PRIMARY KEY,
+        direction     text NOT NULL,
+        entity        text NOT NULL,
+        reason        text NOT NULL,
+        target_table  text NOT NULL,
+        key_column    text NOT NULL,
+        key_value     text NOT NULL,
+        new_values    text NOT NULL,
+        expect        text NOT NULL,
+        status        text NOT NULL DEFAULT 'pending',
+        created_at    timestamptz NOT NULL DEFAULT clock_timestamp()""",
     "dead_letters": """
         id            bigserial PRIMARY KEY,
         entity        text NOT NULL,
@@ -132,7 +144,7 @@ def save_row(conninfo: str, schema: str, table: str, key: str,
 
 def select(conninfo: str, schema: str, table: str, where: Mapping[str, object],
            order: str = "id") -> list[dict[str, Any]]:
-    """Rows of a record table matching every ``where`` column (equality)."""
+    """Rows of a record table matching every ``where`` column (equality; a list: any of)."""
     query = sql.SQL("SELECT * FROM {} {} ORDER BY {}").format(
         sql.Identifier(schema, table), _where(where), sql.Identifier(order))
     with psycopg.connect(conninfo) as conn:
@@ -154,7 +166,9 @@ def update(conninfo: str, schema: str, table: str, where: Mapping[str, object],
 def _where(where: Mapping[str, object]) -> sql.Composable:
     if not where:
         return sql.SQL("")
-    parts: Sequence[sql.Composable] = [sql.SQL("{} = %s").format(sql.Identifier(c)) for c in where]
+    parts: Sequence[sql.Composable] = [
+        sql.SQL("{} = ANY(%s)" if isinstance(v, list) else "{} = %s").format(sql.Identifier(c))
+        for c, v in where.items()]
     return sql.SQL("WHERE ") + sql.SQL(" AND ").join(parts)
 
 
