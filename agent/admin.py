@@ -140,8 +140,26 @@ def server_problems(config: Config) -> list[str]:
             found = my.check(mysql_params(system), tables=tables, write_tables=writes,
                              state_schema=n.state_schema)
         problems += [f"{name}: {p}" for p in found]
+        problems += [f"{name}: {p}" for p in _state_problems(config, name)]
     problems += identity_problems(config)
     return problems
+
+
+def _state_problems(config: Config, name: str) -> list[str]:
+    """State tables a newer version added and `setup` has not created yet."""
+    system, schema = config.systems[name], names(config).state_schema
+    if isinstance(system, PostgresSystem):
+        from connectors.postgres import state as pg_state
+
+        missing = pg_state.missing_tables(system.conninfo(), schema)
+    else:
+        from connectors.mysql import state as my_state
+
+        missing = my_state.missing_tables(mysql_params(system), schema)
+    if not missing:
+        return []
+    return [f"state tables missing in {schema}: {', '.join(missing)}; run `cdc-agent setup` "
+            "(idempotent) to create them"]
 
 
 def identity_problems(config: Config) -> list[str]:

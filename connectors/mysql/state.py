@@ -112,6 +112,15 @@ def create_tables(params: MysqlParams, schema: str) -> None:
         conn.close()
 
 
+def missing_tables(params: MysqlParams, schema: str) -> list[str]:
+    """Record tables this version uses that ``schema`` lacks (none when the database is
+    absent: that is reported on its own)."""
+    rows = _query(params, "SELECT table_name AS name FROM information_schema.tables "
+                          "WHERE table_schema = %s", [schema])
+    found = {row["name"] for row in rows}
+    return [name for name in _TABLES if found and name not in found]
+
+
 def staged_summary(params: MysqlParams, schema: str, direction: str) -> dict[str, str]:
     """Per entity, the oldest ``staged_at`` of the direction's staged changes."""
     rows = _query(params, f"SELECT entity, MIN(staged_at) AS t FROM {quote_ident(schema)}"

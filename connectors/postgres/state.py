@@ -102,6 +102,16 @@ def create_tables(conninfo: str, schema: str) -> None:
                 sql.Identifier(schema, name), sql.SQL(columns)))
 
 
+def missing_tables(conninfo: str, schema: str) -> list[str]:
+    """Record tables this version uses that ``schema`` lacks (none when the schema is absent:
+    that is reported on its own)."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        found = {row[0] for row in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+            [schema])}
+    return [name for name in _TABLES if found and name not in found]
+
+
 def publish_requests(conninfo: str, schema: str, publication: str) -> None:
     """Add ``push_requests`` to the publication, so applications' requests reach the reader."""
     with psycopg.connect(conninfo, autocommit=True) as conn:

@@ -79,3 +79,22 @@ def test_a_revert_decided_before_a_crash_is_applied_after_the_restart(
     finally:
         restarted.stop()
         print(restarted.log())
+
+
+def test_check_names_state_tables_an_upgrade_added(
+        pg_db: PgDatabase, maria_db: MariaDatabase, tmp_path: Path) -> None:
+    # As after installing a version that added the outbox, before `setup` ran again.
+    setup = make_story(pg_db, maria_db, tmp_path, copy.deepcopy(CUSTOMER))
+    conn = maria_db.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP TABLE {setup.state_schema}.remedies")
+    finally:
+        conn.close()
+    done = setup.cli("check")
+    assert done.returncode == 1
+    assert (f"erp: state tables missing in {setup.state_schema}: remedies; "
+            "run `cdc-agent setup`") in done.stderr, done.stderr
+    assert setup.cli("setup").returncode == 0
+    done = setup.cli("check")
+    assert done.returncode == 0, done.stderr
