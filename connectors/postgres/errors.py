@@ -6,6 +6,8 @@
   57P01-57P03, connection exceptions 08*, insufficient resources 53*,
   and any error without SQLSTATE raised by a lost connection;
 - row errors (quarantine the row): data exceptions 22*, integrity violations 23*;
+- undefined column 42703: :class:`~agent.errors.SchemaError` (a mapped column was dropped or
+  renamed; the pipeline pauses that entity);
 - everything else is permanent (authentication 28*, privileges, missing objects, ...).
 
 Messages never carry row values: they are built from the diagnostic fields that name
@@ -15,15 +17,20 @@ quotes the offending value.
 
 from __future__ import annotations
 
+import re
+
 import psycopg
 
-from agent.errors import AgentError, PermanentError, RowError, TransientError
+from agent.errors import AgentError, PermanentError, RowError, SchemaError, TransientError
 
 _TRANSIENT_STATES = frozenset(
     {"40001", "40P01", "55P03", "55006", "57014", "57P01", "57P02", "57P03"}
 )
 _TRANSIENT_CLASSES = frozenset({"08", "53"})
 _ROW_CLASSES = frozenset({"22", "23"})
+_UNDEFINED_COLUMN = "42703"
+# 'column "x" of relation "t" does not exist' / 'column t.x does not exist': identifiers only.
+_COLUMN_RE = re.compile(r'column (?:"((?:[^"]|"")*)"|(\S+))')
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -79,8 +86,22 @@ def translate(exc: BaseException, context: str = "") -> AgentError:
     if isinstance(exc, psycopg.Error):
         if is_row_error(exc):
             return RowError(condition_name(exc), prefix + safe_message(exc))
+        if exc.sqlstate == _UNDEFINED_COLUMN:
+            column = _undefined_column(exc.diag.message_primary or "")
+            return SchemaError(f"{prefix}{condition_name(exc)}: column {column or '(unknown)'}"
+                               " does not exist", column=column)
         return PermanentError(prefix + safe_message(exc))
     return PermanentError(f"{prefix}{type(exc).__name__}")
+
+
+def _undefined_column(message: str) -> str | None:
+    """The column an undefined_column message names (the last part of a qualified name)."""
+    found = _COLUMN_RE.search(message)
+    if found is None:
+        return None
+    if found.group(1) is not None:
+        return found.group(1).replace('""', '"')
+    return found.group(2).rsplit(".", 1)[-1]
 
 
 def _transient_detail(exc: BaseException) -> str:
