@@ -17,12 +17,13 @@ from datetime import UTC, datetime
 from agent import rules
 from agent.codec import encode_value
 from agent.conflicts import Conflict, Remedy
-from agent.errors import PermanentError, RowError
+from agent.errors import PermanentError, RowError, SchemaError
 from agent.events import Op, RowChange, TableId
 from agent.ports import Sink, Write, WriteKind
 from agent.quarantine import Poison, Quarantine
 from agent.remedies import RemedyStore, outbox_write
 from agent.routes import Route, RouteTable
+from agent.schema_pause import Pauses, fetch_drift, target_drift
 from agent.staging import Scheduler, change_of
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,8 @@ class Applier:
                  exchange: Exchange, state_schema: str,
                  quarantine: Quarantine | None = None, scheduler: Scheduler | None = None,
                  requests: Callable[[Mapping[str, object]], None] | None = None,
-                 outbox: RemedyStore | None = None) -> None:
+                 outbox: RemedyStore | None = None,
+                 pauses: Pauses | None = None) -> None:
         self.direction = direction
         self.routes = routes
         self.judge = judge
@@ -89,6 +91,8 @@ class Applier:
         self._handled: list[str] = []
         source, target = direction.split("_to_", 1)
         self._reverse = f"{target}_to_{source}"
+        self.pauses = pauses or Pauses(direction, state_schema)
+        """Entities paused by a schema change (agent.schema_pause)."""
 
     def apply(self, sink: Sink, buffer: Sequence[Buffered]) -> rules.Plan:
         """Plan and write ``buffer``; returns the (last round's) plan for the counters.
@@ -170,14 +174,17 @@ class Applier:
         return total
 
     def _divert(self, buffer: Sequence[Buffered]) -> tuple[list[Write], list[rules.Change]]:
-        """Split off the changes of blocked keys: they become dead letters, in order."""
-        if not self.quarantine.active:
+        """Split off the changes of blocked keys and of paused entities (a mapped column
+        is gone): they become dead letters, in order."""
+        if not self.quarantine.active and not self.pauses.affects(self.routes, buffer):
             return [], [(change, ts) for change, ts, _ in buffer]
         letters: list[Write] = []
         pending: list[rules.Change] = []
         for change, ts, position in buffer:
             record = self._record_key(change)
-            if record is not None and self.quarantine.blocks(*record):
+            if record is not None and self.pauses.parks(self.routes, change):
+                letters.append(self.pauses.letter(*record, change, ts, position))
+            elif record is not None and self.quarantine.blocks(*record):
                 letters.append(self.quarantine.letter(*record, change, ts, position))
             else:
                 pending.append((change, ts))
@@ -202,6 +209,13 @@ class Applier:
                     raise PermanentError(f"{culprit.entity}: {error} (on_error: stop)") from error
                 record = (culprit.entity, culprit.source_key) if culprit is not None else None
                 raise Poison(record, error) from error
+            except SchemaError as error:  # a mapped target column is gone: pause the entity
+                index = getattr(error, "index", None)
+                drift = target_drift(self.routes, batch, batch[index] if index is not None
+                                     else None, error)
+                if drift is None:
+                    raise
+                raise drift from error
 
     def _stops(self, write: Write) -> bool:
         return any(r.entity == write.entity and r.on_error == "stop" for r in self.routes.routes)
@@ -212,7 +226,14 @@ class Applier:
         self._known_links(sink, plain)
         for (table, locator, columns), keys in rules.lookups(self.routes, plain).items():
             asked = list(keys)
-            view.load(table, locator, sink.fetch(table, locator, asked, columns), asked)
+            try:
+                found = sink.fetch(table, locator, asked, columns)
+            except SchemaError as error:
+                drift = fetch_drift(self.routes, table, error)
+                if drift is None:
+                    raise
+                raise drift from error
+            view.load(table, locator, found, asked)
         result = rules.plan(self.routes, changes, view, self.judge)
         log.debug("%s: %d changes -> %d writes", self.direction, len(changes),
                   len(result.writes))

@@ -41,6 +41,20 @@ class RowError(PermanentError):
         super().__init__(f"{error_class}: {message}")
 
 
+class SchemaError(PermanentError):
+    """A table lacks a column the configuration maps (dropped or renamed while streaming).
+
+    ``table`` and ``column`` name them when the server said which (identifiers, no values).
+    The pipeline pauses the entity of that table instead of stopping (agent.schema_pause).
+    """
+
+    def __init__(self, message: str, table: str | None = None,
+                 column: str | None = None) -> None:
+        self.table = table
+        self.column = column
+        super().__init__(message)
+
+
 class PositionLostError(AgentError):
     """The source lost the position the agent must resume from (slot lost, binlog purged)."""
 

@@ -151,6 +151,12 @@ class Metrics:
             "1 for the direction's current state, 0 for the others.",
             ("direction", "state"),
         )
+        self.entity_paused = gauge(
+            "entity_paused",
+            "1 while the entity is paused in the direction: a mapped column is gone (dropped or"
+            " renamed); its changes are parked until the fixed configuration is reloaded.",
+            ("entity", "direction"),
+        )
         self.last_apply_timestamp = gauge(
             "last_apply_timestamp_seconds", "Time of the last target commit.", ("direction",)
         )
@@ -176,6 +182,8 @@ class Metrics:
             for reason in SKIP_REASONS:
                 self.skipped_changes.labels(direction, reason)
             self.set_direction_state(direction, "starting")
+            for entity in self._entities or ():
+                self.entity_paused.labels(entity, direction)
 
     # -- recording helpers -------------------------------------------------------------------
 
@@ -258,6 +266,12 @@ class Metrics:
     def set_quarantined_rows(self, direction: str, rows: int) -> None:
         """Rows currently waiting in dead_letters for ``direction``."""
         self.quarantined_rows.labels(self._direction(direction)).set(rows)
+
+    def set_entity_paused(self, entity: str, direction: str, paused: bool) -> None:
+        """Whether ``entity`` is paused in ``direction`` by a schema change."""
+        if self._entities is not None:
+            _check(entity, tuple(self._entities), "entity")
+        self.entity_paused.labels(entity, self._direction(direction)).set(1 if paused else 0)
 
     def retry(self, direction: str, kind: str | BaseException) -> None:
         """A transient failure is being retried; ``kind`` is one of :data:`RETRY_KINDS` or the

@@ -25,6 +25,7 @@ from agent.events import RowChange, TableId, Transaction
 from agent.ports import Sink, Source
 from agent.prefetch import Prefetcher
 from agent.quarantine import Poison
+from agent.schema_pause import SchemaDrift
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class Observer(Protocol):
     def retried(self, direction: str, error: BaseException) -> None: ...
     def conflict(self, entity: str, field: str, resolution: str) -> None: ...
     def quarantined(self, direction: str, count: int) -> None: ...
+    def paused(self, direction: str, entity: str, paused: bool) -> None: ...
 
 
 class NullObserver:
@@ -63,6 +65,9 @@ class NullObserver:
         pass
 
     def quarantined(self, direction: str, count: int) -> None:
+        pass
+
+    def paused(self, direction: str, entity: str, paused: bool) -> None:
         pass
 
 
@@ -113,6 +118,7 @@ class Pipeline:
         self._settings = settings or Settings()
         self._observer = observer or NullObserver()
         self.last_progress = time.monotonic()
+        applier.pauses.report = lambda entity, on: self._observer.paused(direction, entity, on)
 
     # -- outer loop: sessions and retries ---------------------------------------------------
 
@@ -130,6 +136,9 @@ class Pipeline:
                 log.warning("%s: a row could not be applied (%s); quarantining it",
                             self.direction, poison.error.error_class)
                 self.applier.quarantine.block(poison)
+                continue
+            except SchemaDrift as drift:  # a mapped target column is gone: start over with
+                self.applier.pauses.pause(drift)  # that entity's changes parked
                 continue
             except TransientError as error:
                 self._observer.retried(self.direction, error)
@@ -152,6 +161,7 @@ class Pipeline:
             self.applier.recover_remedies(force=True)
             if self.applier.scheduler is not None:  # windows are re-read from staged rows
                 self.applier.scheduler.reload()
+            self.applier.pauses.resume(self.applier, sink, after)  # parked changes first
             reader.start(after)
             self._observer.state(self.direction, "streaming")
             log.info("%s: streaming after position %s", self.direction, after or "(start)")
@@ -198,12 +208,13 @@ class _Session:
                 self._maybe_window()
             if not self.batch.in_partial:
                 self._commit()
-        except Poison:
+        except (Poison, SchemaDrift):
             self.p.applier.quarantine.rolled_back()
             raise
         finally:
             if self.batch.pending():
                 self.sink.rollback()
+                self.p.applier.pauses.rolled_back()
 
     def _timeout(self, settings: Settings) -> float:
         if self.batch.boundary is None:
@@ -333,6 +344,7 @@ class _Session:
         self.sink.commit(self.p.direction, batch.boundary, batch.source_ts)
         self.p.applier.settle_remedies()
         self.p.applier.quarantine.committed()
+        self.p.applier.pauses.committed()
         self.committed = batch.boundary
         self.reader.confirm(batch.boundary)
         self.p._observer.committed(self.p.direction, batch.txns, batch.rows, batch.source_ts)

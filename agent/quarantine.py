@@ -11,15 +11,39 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
-from datetime import datetime
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
-from agent.codec import encode_row
+from agent.codec import decode_row, encode_row
 from agent.errors import RowError
-from agent.events import RowChange, TableId
+from agent.events import Op, RowChange, TableId
 from agent.ports import Write, WriteKind
 
 RecordKey = tuple[str, str]  # (entity, source key)
+
+
+def dead_letter(table: TableId, direction: str, entity: str, key: str, change: RowChange,
+                ts: datetime | None, position: str | None, error_class: str,
+                message: str) -> Write:
+    """The dead_letters row holding one change (values encoded exactly, never logged)."""
+    payload = json.dumps({"op": change.op.value, "table": str(change.table),
+                          "new": encode_row(change.new), "old": encode_row(change.old),
+                          "ts": ts.isoformat() if ts else None})
+    return Write(table, WriteKind.INSERT, {}, {
+        "entity": entity, "key": key, "direction": direction, "position": position,
+        "error_class": error_class, "message": message, "payload": payload,
+        "status": "pending"}, {}, entity, key)
+
+
+def letter_change(row: Mapping[str, Any]) -> tuple[RowChange, datetime, str]:
+    """A dead_letters row read back: its change, source commit time and position."""
+    payload = json.loads(row["payload"])
+    schema, _, table = payload["table"].partition(".")
+    change = RowChange(TableId(schema, table), Op(payload["op"]), decode_row(payload["new"]),
+                       decode_row(payload["old"]))
+    ts = datetime.fromisoformat(payload["ts"]) if payload["ts"] else datetime.now(UTC)
+    return change, ts, str(row["position"] or "")
 
 
 class Poison(Exception):
@@ -83,13 +107,8 @@ class Quarantine:
         error_class, message = self._errors.get((entity, key), ("", "")) if first else ("", "")
         if not error_class:
             error_class, message = "waiting", "waits behind an earlier change of this key"
-        payload = json.dumps({"op": change.op.value, "table": str(change.table),
-                              "new": encode_row(change.new), "old": encode_row(change.old),
-                              "ts": ts.isoformat() if ts else None})
-        return Write(self.table, WriteKind.INSERT, {}, {
-            "entity": entity, "key": key, "direction": self.direction, "position": position,
-            "error_class": error_class, "message": message, "payload": payload,
-            "status": "pending"}, {}, entity, key)
+        return dead_letter(self.table, self.direction, entity, key, change, ts, position,
+                           error_class, message)
 
     def committed(self) -> None:
         """A batch committed: its letters are stored, isolation found what it looked for."""

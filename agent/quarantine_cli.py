@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from agent import records
-from agent.apply import Applier, Buffered, Exchange
-from agent.codec import decode_row
+from agent.apply import Applier, Exchange
 from agent.config import Config
-from agent.events import Op, RowChange, TableId
+from agent.events import TableId
 from agent.manual import manual_sink
 from agent.ports import Write, WriteKind
-from agent.quarantine import Poison
+from agent.quarantine import Poison, letter_change
 from agent.rules import Judge
 from agent.wiring import MANUAL, names, route_table
-
-
-def _change(row: dict[str, Any]) -> Buffered:
-    payload = json.loads(row["payload"])
-    schema, _, table = payload["table"].partition(".")
-    change = RowChange(TableId(schema, table), Op(payload["op"]), decode_row(payload["new"]),
-                       decode_row(payload["old"]))
-    ts = datetime.fromisoformat(payload["ts"]) if payload["ts"] else datetime.now(UTC)
-    return change, ts, str(row["position"] or "")
 
 
 def retry_letters(config: Config, selection: list[tuple[str, int]]) -> Iterator[str]:
@@ -51,7 +40,7 @@ def _retry(config: Config, system: str, direction: str,
     sink.open()
     try:
         sink.begin(direction + MANUAL)
-        applier.apply(sink, [_change(row) for row in letters])
+        applier.apply(sink, [letter_change(row) for row in letters])
         sink.write([Write(table, WriteKind.UPDATE, {"id": row["id"]},
                           {"status": "retried",
                            "resolved_at": datetime.now(UTC).replace(tzinfo=None)})

@@ -72,6 +72,12 @@ class MetricsObserver:
     def quarantined(self, direction: str, count: int) -> None:
         self.metrics.quarantine(direction, count)
 
+    def paused(self, direction: str, entity: str, paused: bool) -> None:
+        try:
+            self.metrics.set_entity_paused(entity, direction, paused)
+        except ValueError:  # an entity added by a reload has no series until restart
+            log.debug("no paused series for %s until the next restart", entity)
+
 
 def _labels(config: Config) -> tuple[list[str], list[str], dict[str, list[str]]]:
     """The label values ``config`` names: systems, directions, entities with their fields."""

@@ -37,6 +37,7 @@ from agent.routes import (
     build_route_table,
 )
 from agent.rules import Judge
+from agent.schema_pause import SCHEMA, Pauses
 
 if TYPE_CHECKING:
     from connectors.mysql import MysqlParams
@@ -293,8 +294,10 @@ def build_pipelines(config: Config, observer: Observer) -> list[Pipeline]:
             continue
         quarantine = Quarantine(direction.name, n.state_schema,
                                 load=partial(pending_letters, config, direction))
+        pauses = Pauses(direction.name, n.state_schema, direction.target,
+                        load=partial(parked_letters, config, direction))
         applier = Applier(direction.name, routes, judge, exchange, n.state_schema, quarantine,
-                          outbox=remedy_store(config, direction.name),
+                          outbox=remedy_store(config, direction.name), pauses=pauses,
                           **_transfer_hooks(config, direction))
         pipelines.append(Pipeline(
             direction.name, source_factory(config, direction), sink_factory(config, direction),
@@ -321,4 +324,14 @@ def pending_letters(config: Config, direction: Direction) -> set[RecordKey]:
 
     rows = records.select(config, direction.target, "dead_letters",
                           {"direction": direction.name, "status": "pending"})
-    return {(str(r["entity"]), str(r["key"])) for r in rows}
+    # Changes parked by a paused entity wait for a reload, not behind their key's letters.
+    return {(str(r["entity"]), str(r["key"])) for r in rows if r["error_class"] != SCHEMA}
+
+
+def parked_letters(config: Config, direction: Direction) -> list[dict[str, Any]]:
+    """Changes parked by entities paused for a schema change, oldest first."""
+    from agent import records
+
+    return records.select(config, direction.target, "dead_letters",
+                          {"direction": direction.name, "status": "pending",
+                           "error_class": SCHEMA})

@@ -14,7 +14,7 @@ import re
 
 import pymysql
 
-from agent.errors import AgentError, PermanentError, RowError, TransientError
+from agent.errors import AgentError, PermanentError, RowError, SchemaError, TransientError
 
 TRANSIENT_ERRNOS: frozenset[int] = frozenset(
     {
@@ -58,6 +58,8 @@ ROW_ERRNOS: dict[int, tuple[str, str]] = {
 
 _TLS_REFUSED = re.compile(r"CERTIFICATE_VERIFY_FAILED|certificate verify failed|hostname mismatch"
                           r"|WRONG_VERSION_NUMBER|TLSV1_ALERT", re.IGNORECASE)
+UNKNOWN_COLUMN = 1054
+
 _COLUMN_RE = re.compile(r"column '([^']*)'", re.IGNORECASE)
 _KEY_RE = re.compile(r"(?:for key|constraint) '?`?([^'`]*)`?'?", re.IGNORECASE)
 
@@ -108,6 +110,12 @@ def classify(exc: BaseException, *, context: str = "") -> AgentError:
         error_class, template = ROW_ERRNOS[errno]
         detail = template.format(**_names(_server_message(exc)))
         return RowError(error_class, f"{prefix}{detail} (MySQL error {errno})")
+    if errno == UNKNOWN_COLUMN:
+        # A mapped column was dropped or renamed: the pipeline pauses that entity.
+        column = _COLUMN_RE.search(_server_message(exc))
+        name = column.group(1) if column else None
+        return SchemaError(f"{prefix}MySQL error {errno}: unknown column {name or '(unknown)'}",
+                           column=name)
     if errno == 1064:
         # A syntax error message quotes the statement, which holds interpolated values.
         return PermanentError(f"{prefix}MySQL error 1064: SQL syntax error")

@@ -8,6 +8,8 @@
 - a refused connection (authentication, TLS verification, missing database or role) has no
   SQLSTATE either; it is recognised by libpq's text and is permanent: fail fast;
 - row errors (quarantine the row): data exceptions 22*, integrity violations 23*;
+- undefined column 42703: :class:`~agent.errors.SchemaError` (a mapped column was dropped or
+  renamed; the pipeline pauses that entity);
 - everything else is permanent (authentication 28*, privileges, missing objects, ...).
 
 Messages never carry row values: they are built from the diagnostic fields that name
@@ -21,13 +23,16 @@ import re
 
 import psycopg
 
-from agent.errors import AgentError, PermanentError, RowError, TransientError
+from agent.errors import AgentError, PermanentError, RowError, SchemaError, TransientError
 
 _TRANSIENT_STATES = frozenset(
     {"40001", "40P01", "55P03", "55006", "57014", "57P01", "57P02", "57P03"}
 )
 _TRANSIENT_CLASSES = frozenset({"08", "53"})
 _ROW_CLASSES = frozenset({"22", "23"})
+_UNDEFINED_COLUMN = "42703"
+# 'column "x" of relation "t" does not exist' / 'column t.x does not exist': identifiers only.
+_COLUMN_RE = re.compile(r'column (?:"((?:[^"]|"")*)"|(\S+))')
 
 # libpq reports a refused connection without a SQLSTATE, only its text (the server's FATAL
 # message or libpq's own TLS check). These refusals stay until someone changes the server, the
@@ -102,8 +107,22 @@ def translate(exc: BaseException, context: str = "") -> AgentError:
         if exc.sqlstate is None:
             # A refused connection: libpq's text names host, user and reason, no values.
             return PermanentError(f"{prefix}connection refused: {str(exc).strip()}")
+        if exc.sqlstate == _UNDEFINED_COLUMN:
+            column = _undefined_column(exc.diag.message_primary or "")
+            return SchemaError(f"{prefix}{condition_name(exc)}: column {column or '(unknown)'}"
+                               " does not exist", column=column)
         return PermanentError(prefix + safe_message(exc))
     return PermanentError(f"{prefix}{type(exc).__name__}")
+
+
+def _undefined_column(message: str) -> str | None:
+    """The column an undefined_column message names (the last part of a qualified name)."""
+    found = _COLUMN_RE.search(message)
+    if found is None:
+        return None
+    if found.group(1) is not None:
+        return found.group(1).replace('""', '"')
+    return found.group(2).rsplit(".", 1)[-1]
 
 
 def _transient_detail(exc: BaseException) -> str:

@@ -31,7 +31,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.string import TextLoader
 
-from agent.errors import PermanentError, RowError, TransientError
+from agent.errors import PermanentError, RowError, SchemaError, TransientError
 from agent.events import TableId
 from agent.ports import Write, WriteKind
 from connectors.postgres.errors import translate
@@ -280,7 +280,8 @@ def _oid(meta: _TableMeta, table: TableId, column: str) -> int:
     try:
         return meta.type_oids[column]
     except KeyError:
-        raise PermanentError(f"column {column} does not exist in {table}") from None
+        raise SchemaError(f"column {column} does not exist in {table}", str(table),
+                          column) from None
 
 
 def _statement(

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent.errors import RowError, TransientError
+from agent.errors import RowError, SchemaError, TransientError
 from agent.events import TableId
 from agent.ports import Write, WriteKind
 from connectors.mysql import MysqlParams, catalog
@@ -157,6 +157,20 @@ def test_duplicate_key_is_a_row_error_naming_the_key_not_the_value(
     sink.rollback()
     assert caught.value.error_class == "duplicate_key"
     assert "SECRET1" not in str(caught.value) and "'code'" in str(caught.value)
+
+
+def test_a_dropped_column_is_a_schema_error_naming_it(maria_db: MariaDatabase,
+                                                      sink: MySink) -> None:
+    t = table(maria_db)
+    with maria_db.connect() as conn, conn.cursor() as cur:
+        cur.execute("ALTER TABLE customers DROP COLUMN amount")
+    sink.begin("crm_to_erp")
+    with pytest.raises(SchemaError) as caught:
+        sink.write([Write(t, WriteKind.UPSERT, {"code": "A"}, {"name": "a", "amount": 1})])
+    sink.rollback()
+    assert caught.value.column == "amount" and "1054" in str(caught.value)
+    with pytest.raises(SchemaError):
+        sink.fetch(t, "code", ["A"], ["name", "amount"])
 
 
 def test_lost_connection_is_transient_and_begin_reconnects(maria_db: MariaDatabase,

@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import pytest
 
-from agent.errors import RowError, TransientError
+from agent.errors import RowError, SchemaError, TransientError
 from agent.events import TableId, Transaction
 from agent.ports import Write, WriteKind
 from connectors.postgres import catalog
@@ -123,6 +123,31 @@ def test_row_errors_roll_back_and_name_no_values(db: PgDatabase, sink: PgSink) -
     sink.write([upsert(4, name="fine")])
     sink.commit("d", "0/2", TS)
     assert rows(db) == [(4, "fine", None)]
+
+
+def test_a_column_renamed_under_the_sink_is_a_schema_error(db: PgDatabase, sink: PgSink) -> None:
+    sink.begin("d")
+    sink.write([upsert(1, name="a", phone="p")])  # the sink now knows the table's columns
+    sink.commit("d", "0/1", TS)
+    with db.connect() as conn:
+        conn.execute("ALTER TABLE accounts RENAME COLUMN phone TO phone_number")
+    sink.begin("d")
+    with pytest.raises(SchemaError) as err:
+        sink.write([upsert(1, name="b", phone="q")])
+    assert err.value.column == "phone" and "42703" in str(err.value)
+    with pytest.raises(SchemaError) as err:
+        sink.fetch(ACCOUNTS, "id", [1], ["name", "phone"])
+    assert err.value.column == "phone"
+    sink.close()  # one session per replication origin
+    fresh = PgSink(db.dsn, state_schema="cdc_state", origin=db.name)
+    fresh.open()
+    try:  # a new session reads the columns again: the missing one is named before any SQL
+        fresh.begin("d")
+        with pytest.raises(SchemaError) as err:
+            fresh.write([upsert(1, name="b", phone="q")])
+        assert err.value.column == "phone"
+    finally:
+        fresh.close()
 
 
 def test_insert_returns_generated_keys(db: PgDatabase, sink: PgSink) -> None:
