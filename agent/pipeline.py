@@ -331,6 +331,7 @@ class _Session:
         assert batch.source_ts is not None
         self.sink.commit(self.p.direction, batch.boundary, batch.source_ts)
         self.p.applier.quarantine.committed()
+        self.p.applier.committed(self.sink)
         self.committed = batch.boundary
         self.reader.confirm(batch.boundary)
         self.p._observer.committed(self.p.direction, batch.txns, batch.rows, batch.source_ts)
@@ -389,3 +390,4 @@ class _Session:
         self.sink.begin(self.p.direction)
         self.p.applier.apply_window(self.sink)
         self.sink.commit(self.p.direction, self.committed, datetime.now(UTC))
+        self.p.applier.committed(self.sink)
