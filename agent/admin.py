@@ -142,6 +142,23 @@ def server_problems(config: Config) -> list[str]:
         problems += [f"{name}: {p}" for p in found]
         problems += [f"{name}: {p}" for p in _state_problems(config, name)]
     problems += identity_problems(config)
+    problems += key_map_problems(config)
+    return problems
+
+
+def key_map_problems(config: Config) -> list[str]:
+    """Systems without the key map table that ``link: {map: SIDE}`` entities need."""
+    mapped = [name for name, e in config.entities.items() if e.link.kind == "map"]
+    if not mapped:
+        return []
+    problems = []
+    table = f"{names(config).state_schema}.key_map"
+    for system in config.systems:
+        try:
+            records.select(config, system, "key_map", {"ident": ""}, order="ident")
+        except Exception as error:  # missing table or no privilege: setup says which
+            problems.append(f"{system}: the key map {table} of {', '.join(mapped)} cannot be "
+                            f"read ({type(error).__name__}); run `cdc-agent setup`")
     return problems
 
 

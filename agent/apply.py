@@ -19,10 +19,12 @@ from agent.codec import encode_value
 from agent.conflicts import Conflict, Remedy
 from agent.errors import PermanentError, RowError, SchemaError
 from agent.events import Op, RowChange, TableId
+from agent.keymap import REASON as MAP_REASON
+from agent.keymap import KeyMap, Peer
 from agent.ports import Sink, Write, WriteKind
 from agent.quarantine import Poison, Quarantine
 from agent.remedies import RemedyStore, outbox_write
-from agent.routes import Route, RouteTable
+from agent.routes import LinkKind, Route, RouteTable
 from agent.schema_pause import Pauses, fetch_drift, target_drift
 from agent.staging import Scheduler, change_of
 
@@ -72,7 +74,8 @@ class Applier:
                  quarantine: Quarantine | None = None, scheduler: Scheduler | None = None,
                  requests: Callable[[Mapping[str, object]], None] | None = None,
                  outbox: RemedyStore | None = None,
-                 pauses: Pauses | None = None) -> None:
+                 pauses: Pauses | None = None,
+                 peer: Peer | None = None) -> None:
         self.direction = direction
         self.routes = routes
         self.judge = judge
@@ -93,6 +96,8 @@ class Applier:
         self._reverse = f"{target}_to_{source}"
         self.pauses = pauses or Pauses(direction, state_schema)
         """Entities paused by a schema change (agent.schema_pause)."""
+        self.keymap = KeyMap(direction, routes, judge, state_schema, peer)
+        """Entities linked through the agent's key map (``link: {map: SIDE}``)."""
 
     def apply(self, sink: Sink, buffer: Sequence[Buffered]) -> rules.Plan:
         """Plan and write ``buffer``; returns the (last round's) plan for the counters.
@@ -224,7 +229,10 @@ class Applier:
         view = rules.TargetView()
         plain = [c[0] if isinstance(c, tuple) else c for c in changes]
         self._known_links(sink, plain)
-        for (table, locator, columns), keys in rules.lookups(self.routes, plain).items():
+        if self.keymap.active:
+            self.keymap.resolve(sink, self.routes, plain)
+        for (table, locator, columns), keys in rules.lookups(self.routes, plain,
+                                                             self.judge).items():
             asked = list(keys)
             try:
                 found = sink.fetch(table, locator, asked, columns)
@@ -233,6 +241,8 @@ class Applier:
                 if drift is None:
                     raise
                 raise drift from error
+            if table in self.keymap.tables:  # keys from the map are text
+                found = {**found, **{str(k): v for k, v in found.items()}}
             view.load(table, locator, found, asked)
         result = rules.plan(self.routes, changes, view, self.judge)
         log.debug("%s: %d changes -> %d writes", self.direction, len(changes),
@@ -244,7 +254,8 @@ class Applier:
         have been lost in a crash): found in the target's links table, so no twin is made."""
         asked = {f"{route.entity}:{row.get(route.source_key)}": (route.entity, row)
                  for change in changes for route in self.routes.routes_for(change.table)
-                 if (row := rules.source_row(change)) and route.locate(row) is None
+                 if route.link is not LinkKind.MAP
+                 and (row := rules.source_row(change)) and route.locate(row) is None
                  and self.judge.link_of(route.entity, row.get(route.source_key)) is None}
         if not asked:
             return
@@ -265,10 +276,14 @@ class Applier:
 
     def _link(self, sink: Sink, result: rules.Plan) -> None:
         """Keys the target generated go back into the source rows that caused them."""
-        if not result.links:
+        if not result.links and not self.keymap.active:
             return
-        generated = sink.generated_keys()
+        generated = sink.generated_keys() if result.links else {}
+        if self.keymap.active:
+            self.keymap.settle(sink, result, generated)
         for index, route, row in result.links:
+            if route.link is LinkKind.MAP:
+                continue
             source_key = row.get(route.source_key)
             target_key = generated.get(index)
             if target_key is None:
@@ -292,11 +307,20 @@ class Applier:
         for remedy in remedies:
             self.exchange.send(self.direction, remedy)
 
+    def committed(self, sink: Sink) -> None:
+        """The transaction on ``sink`` committed: its key pairs may now reach the other
+        system's map."""
+        for remedy in self.keymap.release(sink):
+            self.exchange.send(self.direction, remedy)
+
     def remedy_writes(self, sink: Sink, remedies: Sequence[Remedy]) -> list[Write]:
         """Writes for the remedies whose rows still hold what they expect."""
         writes: list[Write] = []
         for remedy in remedies:
             self._handled.append(remedy.ident)
+            if remedy.reason == MAP_REASON:  # a key pair: no row to expect anything of
+                writes.append(self.keymap.copy_write(remedy))
+                continue
             column, key = remedy.key
             expected = list(remedy.expect)
             current = sink.fetch(remedy.table, column, [key], expected).get(key)

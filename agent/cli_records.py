@@ -85,17 +85,35 @@ def resolve(ctx: click.Context, conflict_id: str, take: str) -> None:
             raise UsageError(f"no conflict {conflict_id}")
         row = rows[0]
         _apply_decision(config, row, take)
-        # Both directions may have recorded the same conflict: close every open record of it.
-        same = {"entity": row["entity"], "record": row["record"], "field": row["field"],
-                "status": "open"}
+        # Both directions may have recorded the same conflict: close every open record of it
+        # (through a key map, each direction names the record by its own target's key).
+        source = row["direction"].split("_to_", 1)[0]
+        names = {row["record"], _mapped_key(config, row["entity"], source, row["record"])}
         for each in config.systems:
-            records.update(config, each, "conflicts", same,
-                           {"status": "closed", "winner": take, "resolved_by": "cli",
-                            "resolved_at": datetime.now(UTC).replace(tzinfo=None)})
+            for record in names - {None}:
+                same = {"entity": row["entity"], "record": record, "field": row["field"],
+                        "status": "open"}
+                records.update(config, each, "conflicts", same,
+                               {"status": "closed", "winner": take, "resolved_by": "cli",
+                                "resolved_at": datetime.now(UTC).replace(tzinfo=None)})
         click.echo(f"{conflict_id}: {take} wins; written to {config.other(take)}")
         return 0
 
     _run(ctx, action)
+
+
+def _mapped_key(config: Config, entity: str, system: str, other_key: str) -> str | None:
+    """``system``'s key paired with the other system's key in a key-map entity (None: no
+    key map, or no pair)."""
+    if config.entities[entity].link.kind != "map":
+        return None
+    ident = f"{entity}:{other_key}"
+    found = records.select(config, system, "key_map", {"ident": ident}, order="ident")
+    if found:
+        return str(found[0]["local_key"])
+    other = records.select(config, config.other(system), "key_map", {"local_ident": ident},
+                           order="ident")
+    return str(other[0]["remote_key"]) if other else None
 
 
 def _apply_decision(config: Config, row: dict[str, Any], take: str) -> None:
@@ -111,7 +129,10 @@ def _apply_decision(config: Config, row: dict[str, Any], take: str) -> None:
     route = compile_route(config, row["entity"], entity, direction)
     field = next(f for f in route.fields if f.name == row["field"])
     converted = field.convert(value)  # the chosen value is in TAKE's representation
-    write = Write(route.target_table, WriteKind.UPDATE, {route.locator: row["record"]},
+    record = row["record"]  # the key of the recording direction's target
+    if into == source:  # through a key map, the source's own key is another one
+        record = _mapped_key(config, row["entity"], source, record) or record
+    write = Write(route.target_table, WriteKind.UPDATE, {route.locator: record},
                   {field.target_column: converted}, {}, row["entity"], row["record"])
     write_now(config, into, [write])
 

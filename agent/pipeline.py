@@ -345,6 +345,7 @@ class _Session:
         self.p.applier.settle_remedies()
         self.p.applier.quarantine.committed()
         self.p.applier.pauses.committed()
+        self.p.applier.committed(self.sink)
         self.committed = batch.boundary
         self.reader.confirm(batch.boundary)
         self.p._observer.committed(self.p.direction, batch.txns, batch.rows, batch.source_ts)
@@ -406,3 +407,4 @@ class _Session:
         self.sink.begin(self.p.direction)
         self.p.applier.apply_window(self.sink)
         self.sink.commit(self.p.direction, self.committed, datetime.now(UTC))
+        self.p.applier.committed(self.sink)

@@ -40,7 +40,7 @@ from agent.errors import UsageError
 from agent.routes import LinkKind, Route
 from agent.rules import same_value
 from agent.staging import route_columns
-from agent.transfer import Rows, direction_of, row_reader, synthetic, transfer
+from agent.transfer import Rows, direction_of, refuse_key_map, row_reader, synthetic, transfer
 from agent.wiring import compile_route, mysql_params, names
 
 SAMPLES = 5
@@ -126,6 +126,7 @@ class Reconciler:
                  tick: Callable[[int], None] = lambda n: None) -> None:
         if options.entity not in config.entities:
             raise UsageError(f"no entity {options.entity!r}")
+        refuse_key_map(config, options.entity, "reconcile")
         self.config = config
         self.options = options
         self.tick = tick

@@ -19,6 +19,7 @@ class LinkKind(enum.Enum):
 
     TARGET_HOLDS_KEY = "target_column"  # target[link_column] == source key (unique on the target)
     SOURCE_HOLDS_KEY = "source_column"  # target key == source[link_column]
+    MAP = "map"  # target key == the agent's key map entry for the source key (agent.keymap)
 
 
 class CreateMode(enum.Enum):
@@ -111,10 +112,21 @@ class Route:
         return self.target_key
 
     def locate(self, row: Row) -> object:
-        """The locator value for a source row (None: the row has no target counterpart yet)."""
+        """The locator value for a source row (None: the row has no target counterpart yet,
+        or, with a key map, none the row itself can tell: the map is consulted)."""
         if self.link is LinkKind.SOURCE_HOLDS_KEY:
             return row.get(self.link_column)
+        if self.link is LinkKind.MAP:
+            return None
         return row.get(self.source_key)
+
+    def noted(self, row: Row) -> object:
+        """The key under which this side's changes of a row are noted for ``newest``: the
+        locator, which the other direction compares; with a key map, the source's own key
+        (the other direction looks it up by its target key, which is this one)."""
+        if self.link is LinkKind.MAP:
+            return row.get(self.source_key)
+        return self.locate(row)
 
     def may_create(self, row: Row) -> bool:
         """Whether the target row may be created from this source row."""

@@ -18,7 +18,7 @@ from decimal import Decimal
 from agent.conflicts import Conflict, RecentChanges, Remedy, newest_wins
 from agent.events import UNCHANGED, Op, Row, RowChange, TableId
 from agent.ports import Write, WriteKind
-from agent.routes import DeleteMode, FieldRoute, Route, RouteTable
+from agent.routes import DeleteMode, FieldRoute, LinkKind, Route, RouteTable
 
 LookupKey = tuple[TableId, str, tuple[str, ...]]
 Change = RowChange | tuple[RowChange, dt.datetime | None]
@@ -101,12 +101,14 @@ def source_row(change: RowChange) -> Row:
     return change.new or {}
 
 
-def lookups(table: RouteTable, changes: Iterable[RowChange]) -> dict[LookupKey, set[object]]:
-    """Which target rows (by locator value) the batch needs to see."""
+def lookups(table: RouteTable, changes: Iterable[RowChange],
+            judge: Judge | None = None) -> dict[LookupKey, set[object]]:
+    """Which target rows (by locator value) the batch needs to see (key-map routes: the
+    target keys ``judge`` knows for their source keys)."""
     needed: dict[LookupKey, set[object]] = {}
     for change in changes:
         for route in table.routes_for(change.table):
-            key = route.locate(source_row(change))
+            key = _locate(route, source_row(change), judge)
             if key is None:
                 continue
             columns = tuple(f.target_column for f in route.fields)
@@ -132,7 +134,7 @@ def plan(table: RouteTable, changes: Iterable[Change], view: TargetView,
             result.skipped["filter"] += 1
         for route in routes:
             if change.op is Op.DELETE:
-                _plan_delete(route, change.old or {}, view, result)
+                _plan_delete(route, change.old or {}, view, result, judge)
             elif not _wait_for_link(route, change, ts, result, judge):
                 _plan_upsert(route, change, ts, view, result, judge)
     return result
@@ -144,7 +146,7 @@ def record_changes(table: RouteTable, change: RowChange, ts: dt.datetime,
     if change.op is Op.DELETE or change.new is None:
         return
     for route in table.routes_for(change.table):
-        record = route.locate(change.new)
+        record = route.noted(change.new)
         if record is None:
             continue
         for f in route.fields:
@@ -297,8 +299,17 @@ def _conflict(route: Route, f: FieldRoute, change: RowChange, ts: dt.datetime | 
     return winner == route.source
 
 
-def _plan_delete(route: Route, row: Row, view: TargetView, result: Plan) -> None:
-    key = route.locate(row)
+def _locate(route: Route, row: Row, judge: Judge | None) -> object:
+    """The row's locator value; a key-map route asks ``judge`` (loaded from the map)."""
+    if route.link is not LinkKind.MAP:
+        return route.locate(row)
+    key = judge.link_of(route.entity, row.get(route.source_key)) if judge else None
+    return None if key is _PENDING else key
+
+
+def _plan_delete(route: Route, row: Row, view: TargetView, result: Plan,
+                 judge: Judge | None = None) -> None:
+    key = _locate(route, row, judge)
     if route.delete is DeleteMode.IGNORE or key is None:
         result.skipped["filter"] += 1
         return

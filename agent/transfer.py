@@ -34,7 +34,7 @@ from typing import Protocol
 from agent.apply import Applier, Buffered, Exchange
 from agent.config import Config, Direction, PostgresSystem
 from agent.conflicts import Remedy
-from agent.errors import AgentError, TransientError, UsageError
+from agent.errors import AgentError, ConfigError, TransientError, UsageError
 from agent.events import Op, RowChange, TableId
 from agent.manual import manual_sink
 from agent.ports import Sink
@@ -75,6 +75,15 @@ def row_reader(config: Config, system: str) -> Rows:
     from connectors.mysql.state import MyRows
 
     return MyRows(mysql_params(spec))
+
+
+def refuse_key_map(config: Config, entity: str, what: str) -> None:
+    """Push and reconcile match rows through a link column only: a key-map entity is
+    refused (ConfigError naming the link's file:line)."""
+    if config.entities[entity].link.kind == "map":
+        where = config.where(f"entities.{entity}.link")
+        raise ConfigError([f"{where}: entities.{entity}.link: {what} does not support an "
+                           "agent-managed key map ({map: SIDE}) yet; the pipelines do"])
 
 
 def direction_of(config: Config, source: str) -> Direction:
@@ -181,6 +190,7 @@ def push(config: Config, entity: str, keys: Sequence[str], source: str | None = 
     source = source or next(iter(config.systems))
     if source not in config.systems:
         raise UsageError(f"no system {source!r} (systems: {', '.join(config.systems)})")
+    refuse_key_map(config, entity, "push")
     direction = direction_of(config, source)
     route = compile_route(config, entity, config.entities[entity], direction)
     outcome: dict[str, str | None] = {k: f"no {entity} with key {k} on {source}" for k in keys}

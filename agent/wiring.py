@@ -20,8 +20,9 @@ from agent.config import (
     PostgresSystem,
     SystemConfig,
 )
-from agent.errors import ConfigError
+from agent.conflicts import RecentChanges
 from agent.events import TableId
+from agent.keymap import PeerMap
 from agent.pipeline import Observer, Pipeline, Settings
 from agent.ports import Sink, Source
 from agent.quarantine import Quarantine, RecordKey
@@ -100,14 +101,10 @@ def mapped_tables(config: Config, system: str) -> list[TableId]:
     return tables
 
 
-def _link(config: Config, name: str, entity: EntityConfig, source: str,
-          target: str) -> tuple[LinkKind, str]:
+def _link(entity: EntityConfig, target: str) -> tuple[LinkKind, str]:
     link = entity.link
-    if link.kind != "column" or link.column is None:
-        where = config.where(f"entities.{name}.link")
-        raise ConfigError([f"{where}: entities.{name}.link: an agent-managed key map "
-                           "({map: SIDE}) is not supported yet; keep the other side's key in a "
-                           "column: {SIDE_column: COLUMN}"])
+    if link.kind == "map" or link.column is None:
+        return LinkKind.MAP, ""  # <state_schema>.key_map on both systems (agent.keymap)
     if link.side == target:
         return LinkKind.TARGET_HOLDS_KEY, link.column
     return LinkKind.SOURCE_HOLDS_KEY, link.column
@@ -154,7 +151,7 @@ def _fields(config: Config, entity: EntityConfig, source: str,
 def compile_route(config: Config, name: str, entity: EntityConfig, direction: Direction) -> Route:
     """One entity's mapping for one direction."""
     source, target = direction.source, direction.target
-    link, link_column = _link(config, name, entity, source, target)
+    link, link_column = _link(entity, target)
     create, when = _create(entity, target)
     delete, flag = _delete(entity, direction.name)
     return Route(
@@ -286,7 +283,9 @@ def build_pipelines(config: Config, observer: Observer) -> list[Pipeline]:
     settings = Settings(max_rows=config.agent.batch.max_rows,
                         max_delay=config.agent.batch.max_delay,
                         advance_interval=max(config.agent.heartbeat_interval, 1.0))
-    judge, exchange, n = Judge(), Exchange(), names(config)
+    # Conflict timing is shared by both directions; remembered links are per direction (a
+    # source key of one direction is a target key of the other).
+    recent, exchange, n = RecentChanges(), Exchange(), names(config)
     pipelines = []
     for direction in config.directions():
         routes = route_table(config, direction)
@@ -296,7 +295,8 @@ def build_pipelines(config: Config, observer: Observer) -> list[Pipeline]:
                                 load=partial(pending_letters, config, direction))
         pauses = Pauses(direction.name, n.state_schema, direction.target,
                         load=partial(parked_letters, config, direction))
-        applier = Applier(direction.name, routes, judge, exchange, n.state_schema, quarantine,
+        applier = Applier(direction.name, routes, Judge(recent=recent), exchange, n.state_schema,
+                          quarantine, peer=_peer_map(config, direction, routes),
                           outbox=remedy_store(config, direction.name), pauses=pauses,
                           **_transfer_hooks(config, direction))
         pipelines.append(Pipeline(
@@ -305,6 +305,15 @@ def build_pipelines(config: Config, observer: Observer) -> list[Pipeline]:
             settings=settings, observer=observer,
             coarse_clock=isinstance(config.systems[direction.source], MysqlSystem)))
     return pipelines
+
+
+def _peer_map(config: Config, direction: Direction, routes: RouteTable) -> PeerMap | None:
+    """A reader of the source's key map, for directions with key-map entities."""
+    if not any(r.link is LinkKind.MAP for r in routes.routes):
+        return None
+    from agent.transfer import row_reader
+
+    return PeerMap(partial(row_reader, config, direction.source), names(config).state_schema)
 
 
 def _transfer_hooks(config: Config, direction: Direction) -> dict[str, Any]:

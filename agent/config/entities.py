@@ -107,8 +107,8 @@ class LinkConfig(FrozenModel):
     """How a row on one side finds its counterpart on the other side.
 
     ``{<system>_column: COLUMN}``: the table on that system keeps the other side's key in
-    COLUMN. ``{map: <system>}`` (not supported yet): an agent-managed key map table in the
-    state schema on that system holds both keys.
+    COLUMN. ``{map: <system>}``: an agent-managed key map table in the state schema holds
+    both keys (on both systems; that system's copy is the reference).
     """
 
     kind: Literal["column", "map"] = Field(alias="@kind", description="column or map.")
@@ -350,8 +350,8 @@ class EntityConfig(FrozenModel):
     )
     link: LinkConfig = Field(
         description="{<system>_column: COLUMN}: that system's table keeps the other side's key "
-        "in COLUMN; or {map: <system>}: an agent-managed key map on that system (not supported "
-        "yet: check and run refuse it)."
+        "in COLUMN; or {map: <system>}: an agent-managed key map (<state_schema>.key_map, "
+        "kept on both systems; that system's copy is the reference)."
     )
     fields: dict[Name, FieldConfig] = Field(description="Mapped fields by name ([a-z0-9_]).")
     create: dict[SystemKey, CreateRule] = Field(

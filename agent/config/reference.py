@@ -78,8 +78,11 @@ _FORMS = {
     LinkConfig: [
         "`{<system>_column: COLUMN}` - the table on that system keeps the other "
         "system's key in COLUMN",
-        "`{map: <system>}` - an agent-managed key map table in the state schema on that system"
-        " (not supported yet: `check` and `run` refuse it with file:line)",
+        "`{map: <system>}` - neither table keeps the other's key: the agent keeps the key"
+        " pairs in `<state_schema>.key_map` on both systems (the copy on `<system>` is the"
+        " reference, the other a mirror; `setup` creates it). A pair is written in the same"
+        " transaction as the INSERT that creates the counterpart; a propagated delete removes"
+        " it. `push` and `reconcile` refuse such entities (not supported yet)",
     ],
     CreateRule: [
         "`always`",

@@ -1,4 +1,4 @@
-"""The agent's record tables on a MySQL/MariaDB system: conflicts, dead letters, generated links.
+"""The agent's record tables on a MySQL/MariaDB system: conflicts, dead letters, links, key map.
 
 Created by ``cdc-agent setup`` beside the checkpoints; written by the pipelines inside their
 target transactions (as ordinary writes) and read and updated by the CLI.
@@ -53,6 +53,14 @@ _TABLES = {
         expect        mediumtext NOT NULL,
         status        varchar(10) NOT NULL DEFAULT 'pending',
         created_at    datetime(6) NOT NULL DEFAULT UTC_TIMESTAMP(6)""",
+    "key_map": """
+        ident         varchar(400) PRIMARY KEY,
+        local_ident   varchar(400) NOT NULL,
+        entity        varchar(100) NOT NULL,
+        remote_key    varchar(255) NOT NULL,
+        local_key     varchar(255) NOT NULL,
+        created_at    datetime(6) NOT NULL DEFAULT UTC_TIMESTAMP(6),
+        INDEX key_map_local_ident (local_ident)""",
     "dead_letters": """
         id            bigint AUTO_INCREMENT PRIMARY KEY,
         entity        varchar(100) NOT NULL,

@@ -1,4 +1,4 @@
-"""The agent's record tables on a PostgreSQL system: conflicts, dead letters, generated links.
+"""The agent's record tables on a PostgreSQL system: conflicts, dead letters, links, key map.
 
 Created by ``cdc-agent setup`` beside the checkpoints; written by the pipelines inside their
 target transactions (as ordinary writes) and read and updated by the CLI.
@@ -52,6 +52,13 @@ _TABLES = {
         expect        text NOT NULL,
         status        text NOT NULL DEFAULT 'pending',
         created_at    timestamptz NOT NULL DEFAULT clock_timestamp()""",
+    "key_map": """
+        ident         text PRIMARY KEY,
+        local_ident   text NOT NULL,
+        entity        text NOT NULL,
+        remote_key    text NOT NULL,
+        local_key     text NOT NULL,
+        created_at    timestamptz NOT NULL DEFAULT now()""",
     "dead_letters": """
         id            bigserial PRIMARY KEY,
         entity        text NOT NULL,
@@ -100,6 +107,9 @@ def create_tables(conninfo: str, schema: str) -> None:
         for name, columns in _TABLES.items():
             conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
                 sql.Identifier(schema, name), sql.SQL(columns)))
+        # The key map is also read by the counterpart's key (see agent.keymap).
+        conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS key_map_local_ident ON {}"
+                             " (local_ident)").format(sql.Identifier(schema, "key_map")))
 
 
 def missing_tables(conninfo: str, schema: str) -> list[str]:
