@@ -280,7 +280,9 @@ class Applier:
             return
         generated = sink.generated_keys() if result.links else {}
         if self.keymap.active:
-            self.keymap.settle(sink, result, generated)
+            copies = self.keymap.settle(sink, result, generated)
+            if copies:  # durable with the pair; in memory only after the COMMIT (release)
+                sink.write([outbox_write(self.state_schema, self._reverse, r) for r in copies])
         for index, route, row in result.links:
             if route.link is LinkKind.MAP:
                 continue

@@ -14,9 +14,11 @@ Exactly once without twins, also under kill -9:
 * The pipeline that INSERTs a row records the pair in its target's map in the same
   transaction (the key the target generated, or the target key the row was given).
 * After that COMMIT, the pair is sent to the other pipeline (a remedy), which copies it into
-  its own target's map, so both systems normally hold every pair (SIDE's copy is the
-  reference named in the configuration, the other one a mirror).
-* The copy can be lost in a crash. So a pipeline that finds no pair in its target's map
+  its own target's map, so both systems hold every pair (SIDE's copy is the reference named
+  in the configuration, the other one a mirror). The copy is also stored in the remedies
+  outbox in the INSERT's transaction (:mod:`agent.remedies`), so a crash before the other
+  pipeline's commit delays it until that pipeline starts again, but does not lose it.
+* Until then, a pipeline that finds no pair in its target's map
   also looks in its *source's* map (a plain read on a connection of its own), where the
   row's creator committed it before the row could be changed at all, and copies what it
   finds in its own transaction. The next change of a row created on the other side is
@@ -163,9 +165,12 @@ class KeyMap:
 
     # -- recording and removing ---------------------------------------------------------
 
-    def settle(self, sink: Sink, result: rules.Plan, generated: Mapping[int, object]) -> None:
-        """Record the pairs of the rows this batch created and drop those it deleted."""
+    def settle(self, sink: Sink, result: rules.Plan,
+               generated: Mapping[int, object]) -> list[Remedy]:
+        """Record the pairs of the rows this batch created and drop those it deleted; returns
+        the copies for the other system's map (also held until :meth:`release`)."""
         writes: list[Write] = []
+        held = len(self._held) if self._held_by is sink else 0
         for index, route, row in result.links:
             if route.link is LinkKind.MAP:
                 writes += self._created(sink, route, row, result.writes[index],
@@ -177,6 +182,7 @@ class KeyMap:
                 writes += self._deleted(sink, mapped, write)
         if writes:
             sink.write(writes)
+        return self._held[held:] if self._held_by is sink else []
 
     def _created(self, sink: Sink, route: Route, row: Row, insert: Write,
                  generated: object) -> list[Write]:

@@ -243,10 +243,15 @@ def test_3_kill_9_right_after_creates_makes_no_twin(story: MapStory) -> None:
     crm_phones = {r[0] for r in crm_rows(story.crm, "SELECT phone FROM accounts")}
     assert {f"c{c}" for c in created_crm} <= erp_phones
     assert {f"e{n}" for n in created_erp} <= crm_phones
-    # Every row has one pair; a copy lost in a kill is made again when a change needs it.
-    crm_map, erp_map = story.pairs("crm"), {(c, e) for e, c in story.pairs("erp")}
-    assert len(crm_map | erp_map) == total + 1
-    assert len({e for e, _ in crm_map | erp_map}) == len({c for _, c in crm_map | erp_map})
+    # Every row has one pair, in both maps: a copy in flight at a kill waits in the remedies
+    # outbox and is applied when the other pipeline starts again.
+    def both_maps() -> set[tuple[str, str]] | None:
+        crm_map, erp_map = story.pairs("crm"), {(e, c) for c, e in story.pairs("erp")}
+        return crm_map if crm_map == erp_map and len(crm_map) == total + 1 else None
+
+    crm_map = wait_until(both_maps, timeout=10, message="the two maps differ after the kills")
+    assert crm_map is not None
+    assert len({e for e, _ in crm_map}) == len({c for _, c in crm_map}) == total + 1
 
 
 def test_4_a_propagated_delete_removes_the_counterpart_and_the_pair(story: MapStory) -> None:
