@@ -42,7 +42,15 @@ from agent.quarantine import Poison
 from agent.routes import Route
 from agent.rules import Judge, Plan
 from agent.staging import route_columns
-from agent.wiring import MANUAL, compile_route, mysql_params, names, remedy_store, route_table
+from agent.wiring import (
+    MANUAL,
+    compile_route,
+    mysql_params,
+    names,
+    peer_map,
+    remedy_store,
+    route_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +86,12 @@ def row_reader(config: Config, system: str) -> Rows:
 
 
 def refuse_key_map(config: Config, entity: str, what: str) -> None:
-    """Push and reconcile match rows through a link column only: a key-map entity is
-    refused (ConfigError naming the link's file:line)."""
+    """Reconcile matches rows through a link column only: a key-map entity is refused
+    (ConfigError naming the link's file:line). Push and the pipelines use the map."""
     if config.entities[entity].link.kind == "map":
         where = config.where(f"entities.{entity}.link")
         raise ConfigError([f"{where}: entities.{entity}.link: {what} does not support an "
-                           "agent-managed key map ({map: SIDE}) yet; the pipelines do"])
+                           "agent-managed key map ({map: SIDE}) yet; push and the pipelines do"])
 
 
 def direction_of(config: Config, source: str) -> Direction:
@@ -136,7 +144,9 @@ def transfer(config: Config, direction: Direction, changes: Sequence[RowChange],
     """
     schema = names(config).state_schema
     exchange = Exchange()
-    applier = Applier(direction.name, route_table(config, direction), Judge(), exchange, schema)
+    routes = route_table(config, direction)
+    applier = Applier(direction.name, routes, Judge(), exchange, schema,
+                      peer=peer_map(config, direction, routes))
     pseudo = direction.name + MANUAL
     now = datetime.now(UTC)
     result = Transfer()
@@ -146,6 +156,7 @@ def transfer(config: Config, direction: Direction, changes: Sequence[RowChange],
         buffer: list[Buffered] = [(c, now, "manual") for c in changes]
         result.plan = applier.apply(sink, buffer)
         sink.commit(pseudo, "manual", now)
+        applier.committed(sink)  # key-map pairs now go to the source's map too
     except BaseException:
         sink.rollback()
         raise
@@ -190,7 +201,6 @@ def push(config: Config, entity: str, keys: Sequence[str], source: str | None = 
     source = source or next(iter(config.systems))
     if source not in config.systems:
         raise UsageError(f"no system {source!r} (systems: {', '.join(config.systems)})")
-    refuse_key_map(config, entity, "push")
     direction = direction_of(config, source)
     route = compile_route(config, entity, config.entities[entity], direction)
     outcome: dict[str, str | None] = {k: f"no {entity} with key {k} on {source}" for k in keys}

@@ -296,7 +296,7 @@ def build_pipelines(config: Config, observer: Observer) -> list[Pipeline]:
         pauses = Pauses(direction.name, n.state_schema, direction.target,
                         load=partial(parked_letters, config, direction))
         applier = Applier(direction.name, routes, Judge(recent=recent), exchange, n.state_schema,
-                          quarantine, peer=_peer_map(config, direction, routes),
+                          quarantine, peer=peer_map(config, direction, routes),
                           outbox=remedy_store(config, direction.name), pauses=pauses,
                           **_transfer_hooks(config, direction))
         pipelines.append(Pipeline(
@@ -307,7 +307,7 @@ def build_pipelines(config: Config, observer: Observer) -> list[Pipeline]:
     return pipelines
 
 
-def _peer_map(config: Config, direction: Direction, routes: RouteTable) -> PeerMap | None:
+def peer_map(config: Config, direction: Direction, routes: RouteTable) -> PeerMap | None:
     """A reader of the source's key map, for directions with key-map entities."""
     if not any(r.link is LinkKind.MAP for r in routes.routes):
         return None

@@ -271,3 +271,36 @@ def test_4_a_propagated_delete_removes_the_counterpart_and_the_pair(story: MapSt
                message="the ERP delete did not remove the CRM account within 2 s")
     wait_until(lambda: not story.pairs("crm") and not story.pairs("erp"), timeout=2,
                message="the pairs were not removed from both maps")
+
+
+def test_5_push_goes_through_the_map(pg_db: PgDatabase, maria_db: MariaDatabase,
+                                     tmp_path: Path) -> None:
+    # As DESIGN's `order` entity: a key map and records that move only on demand (push).
+    apply_ddl(pg_db, maria_db, CRM, ERP)
+    entity = {**CUSTOMER, "schedule": {"crm_to_erp": "manual"}}
+    setup = AgentSetup(tmp_path, "k" + format(random.getrandbits(40), "x"), pg_db, maria_db,
+                       {"customer": entity})
+    setup.write()
+    assert setup.cli("setup").returncode == 0
+    with pg_db.connect() as conn:
+        row = conn.execute("INSERT INTO accounts (name, phone, lifecycle_stage) VALUES "
+                           "('Pushed', '+1', 'customer') RETURNING id").fetchone()
+    assert row is not None
+    crm_id = row[0]
+
+    done = setup.cli("push", "customer", str(crm_id))
+    assert done.returncode == 0, done.stdout + done.stderr
+    [(no, phone)] = erp_rows(maria_db, "SELECT customer_no, phone_main FROM customers")
+    assert phone == "+1"
+    query = f"SELECT remote_key, local_key FROM {setup.state_schema}.key_map"
+    assert [tuple(r) for r in erp_rows(maria_db, query)] == [(str(crm_id), str(no))]
+    assert [tuple(r) for r in crm_rows(pg_db, query)] == [(str(no), str(crm_id))]  # the copy
+
+    with pg_db.connect() as conn:
+        conn.execute("UPDATE accounts SET phone = '+2' WHERE id = %s", (crm_id,))
+    done = setup.cli("push", "customer", str(crm_id))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [tuple(r) for r in erp_rows(maria_db, "SELECT customer_no, phone_main "
+                                                 "FROM customers")] == [(no, "+2")]  # no twin
+    assert [tuple(r) for r in erp_rows(maria_db, "SELECT op, phone FROM customer_audit "
+                                                 "ORDER BY n")] == [("I", "+1"), ("U", "+2")]

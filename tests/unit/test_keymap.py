@@ -222,8 +222,8 @@ def test_a_map_link_compiles_to_map_routes_both_ways() -> None:
         assert route.link is LinkKind.MAP and route.locator == route.target_key
 
 
-@pytest.mark.parametrize("what", ["push", "reconcile"])
-def test_push_and_reconcile_refuse_a_map_entity_naming_file_and_line(what: str) -> None:
+@pytest.mark.parametrize("what", ["reconcile"])
+def test_reconcile_refuses_a_map_entity_naming_file_and_line(what: str) -> None:
     from agent.errors import ConfigError
     from agent.transfer import refuse_key_map
     from tests.unit.data.config_fixtures import BASE, FILE, edit, load
