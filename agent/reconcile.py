@@ -37,10 +37,13 @@ from datetime import UTC, datetime
 from agent.codec import decode_value, encode_value
 from agent.config import Config, PostgresSystem
 from agent.errors import UsageError
+from agent.events import TableId
+from agent.keymap import TABLE as KEY_MAP
+from agent.keymap import ident as keymap_ident
 from agent.routes import LinkKind, Route
 from agent.rules import same_value
 from agent.staging import route_columns
-from agent.transfer import Rows, direction_of, refuse_key_map, row_reader, synthetic, transfer
+from agent.transfer import Rows, direction_of, row_reader, synthetic, transfer
 from agent.wiring import compile_route, mysql_params, names
 
 SAMPLES = 5
@@ -126,7 +129,6 @@ class Reconciler:
                  tick: Callable[[int], None] = lambda n: None) -> None:
         if options.entity not in config.entities:
             raise UsageError(f"no entity {options.entity!r}")
-        refuse_key_map(config, options.entity, "reconcile")
         self.config = config
         self.options = options
         self.tick = tick
@@ -200,12 +202,34 @@ class Reconciler:
             self._save(number, after, "running")
             self.tick(len(rows))
 
-    def _counterparts(self, route: Route, rows: Sequence[Mapping[str, object]],
-                      full: bool = True) -> dict[str, dict[str, object]]:
-        """The other system's rows for ``rows`` (``full``: every compared column; else only
-        the locator), by the locator value as text."""
+    def _locators(self, route: Route, rows: Sequence[Mapping[str, object]]) -> list[object]:
+        """Per row, the value that finds its counterpart (None: it has none yet)."""
+        if route.link is not LinkKind.MAP:
+            return [route.locate(r) for r in rows]
+        mapped = self._mapped(route, [r[route.source_key] for r in rows])
+        return [mapped.get(str(r[route.source_key])) for r in rows]
+
+    def _mapped(self, route: Route, keys: Sequence[object]) -> dict[str, object]:
+        """Source key (text) -> target key, from the key map on the target, else the copy on
+        the source (see agent.keymap: either may lack a pair for a moment, never both)."""
+        table = TableId(names(self.config).state_schema, KEY_MAP)
+        prefix = len(route.entity) + 1
+        idents = [keymap_ident(route.entity, k) for k in keys]
         other = self.config.other(route.source)
-        wanted = [v for r in rows if (v := route.locate(r)) is not None]
+        found = {str(r["ident"])[prefix:]: r["local_key"] for r in self.readers[other].lookup(
+            table, "ident", idents, ["ident", "local_key"], lock=False)}
+        missing = [i for i in idents if i[prefix:] not in found]
+        for r in self.readers[route.source].lookup(table, "local_ident", missing,
+                                                   ["local_ident", "remote_key"], lock=False):
+            found.setdefault(str(r["local_ident"])[prefix:], r["remote_key"])
+        return found
+
+    def _counterparts(self, route: Route, locators: Sequence[object],
+                      full: bool = True) -> dict[str, dict[str, object]]:
+        """The other system's rows at ``locators`` (``full``: every compared column; else
+        only the locator), by the locator value as text."""
+        other = self.config.other(route.source)
+        wanted = [v for v in locators if v is not None]
         columns = self._columns(other) if full else [route.locator]
         found = self.readers[other].lookup(route.target_table, route.locator, wanted, columns,
                                            lock=False)
@@ -214,12 +238,12 @@ class Reconciler:
     def _compare(self, rows: Sequence[Mapping[str, object]]) -> None:
         """Pass 1: pairs and rows only on the first system; repairs when applying."""
         route, counts = self.route_ab, self.counts
-        found = self._counterparts(route, rows)
+        locators = self._locators(route, rows)
+        found = self._counterparts(route, locators)
         to_b: list[object] = []
         to_a: list[object] = []
-        for row in rows:
+        for row, locator in zip(rows, locators, strict=True):
             key = row[route.source_key]
-            locator = route.locate(row)
             other = None if locator is None else found.get(str(locator))
             if other is None:
                 counts.note(counts.only, self.a, key, f"only:{self.a}")
@@ -242,10 +266,10 @@ class Reconciler:
     def _only_second(self, rows: Sequence[Mapping[str, object]]) -> None:
         """Pass 2: rows only on the second system."""
         route, counts = self.route_ba, self.counts
-        found = self._counterparts(route, rows, full=False)
+        locators = self._locators(route, rows)
+        found = self._counterparts(route, locators, full=False)
         missing = []
-        for row in rows:
-            locator = route.locate(row)
+        for row, locator in zip(rows, locators, strict=True):
             if locator is None or str(locator) not in found:
                 counts.note(counts.only, self.b, row[route.source_key], f"only:{self.b}")
                 missing.append(row[route.source_key])

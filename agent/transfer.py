@@ -34,7 +34,7 @@ from typing import Protocol
 from agent.apply import Applier, Buffered, Exchange
 from agent.config import Config, Direction, PostgresSystem
 from agent.conflicts import Remedy
-from agent.errors import AgentError, ConfigError, TransientError, UsageError
+from agent.errors import AgentError, TransientError, UsageError
 from agent.events import Op, RowChange, TableId
 from agent.manual import manual_sink
 from agent.ports import Sink
@@ -83,15 +83,6 @@ def row_reader(config: Config, system: str) -> Rows:
     from connectors.mysql.state import MyRows
 
     return MyRows(mysql_params(spec))
-
-
-def refuse_key_map(config: Config, entity: str, what: str) -> None:
-    """Reconcile matches rows through a link column only: a key-map entity is refused
-    (ConfigError naming the link's file:line). Push and the pipelines use the map."""
-    if config.entities[entity].link.kind == "map":
-        where = config.where(f"entities.{entity}.link")
-        raise ConfigError([f"{where}: entities.{entity}.link: {what} does not support an "
-                           "agent-managed key map ({map: SIDE}) yet; push and the pipelines do"])
 
 
 def direction_of(config: Config, source: str) -> Direction:

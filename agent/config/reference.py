@@ -82,7 +82,7 @@ _FORMS = {
         " pairs in `<state_schema>.key_map` on both systems (the copy on `<system>` is the"
         " reference, the other a mirror; `setup` creates it). A pair is written in the same"
         " transaction as the INSERT that creates the counterpart; a propagated delete removes"
-        " it. `push` uses the map; `reconcile` refuses such entities (not supported yet)",
+        " it. `push` and `reconcile` match rows through the map too",
     ],
     CreateRule: [
         "`always`",

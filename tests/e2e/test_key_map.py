@@ -304,3 +304,47 @@ def test_5_push_goes_through_the_map(pg_db: PgDatabase, maria_db: MariaDatabase,
                                                  "FROM customers")] == [(no, "+2")]  # no twin
     assert [tuple(r) for r in erp_rows(maria_db, "SELECT op, phone FROM customer_audit "
                                                  "ORDER BY n")] == [("I", "+1"), ("U", "+2")]
+
+
+def test_6_reconcile_compares_and_repairs_through_the_map(
+        pg_db: PgDatabase, maria_db: MariaDatabase, tmp_path: Path) -> None:
+    import json
+
+    apply_ddl(pg_db, maria_db, CRM, ERP)
+    setup = AgentSetup(tmp_path, "k" + format(random.getrandbits(40), "x"), pg_db, maria_db,
+                       {"customer": CUSTOMER})
+    setup.write()
+    assert setup.cli("setup").returncode == 0
+    schema = setup.state_schema
+    with pg_db.connect() as conn:  # written while no agent ran
+        for name in ("Paired", "Crm Only"):
+            conn.execute("INSERT INTO accounts (name, phone, lifecycle_stage) VALUES "
+                         "(%s, '+1', 'customer')", (name,))
+        paired = conn.execute("SELECT id FROM accounts WHERE name = 'Paired'").fetchone()
+    assert paired is not None
+    erp_rows(maria_db, "INSERT INTO customers (name, phone_main) VALUES "
+                       "('Paired (old name)', '+1')")
+    [(no,)] = erp_rows(maria_db, "SELECT customer_no FROM customers")
+    erp_rows(maria_db, "INSERT INTO customers (name, phone_main) VALUES ('Erp Only', '+2')")
+    erp_rows(maria_db, f"INSERT INTO {schema}.key_map (ident, local_ident, entity, remote_key,"
+                       " local_key) VALUES (%s, %s, 'customer', %s, %s)",
+             (f"customer:{paired[0]}", f"customer:{no}", str(paired[0]), str(no)))
+
+    def reconcile(*args: str) -> dict[str, Any]:
+        done = setup.cli("reconcile", "customer", "--json", *args)
+        assert done.returncode == 0, done.stdout + done.stderr
+        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        return result
+
+    found = reconcile()
+    assert (found["only"], found["differing"]) == ({"crm": 1, "erp": 1}, {"name": 1}), found
+    reconcile("--apply")
+    after = reconcile()
+    assert (after["only"], after["differing"]) == ({}, {}), after
+    names = {r[0] for r in erp_rows(maria_db, "SELECT name FROM customers")}
+    assert names == {"Paired", "Crm Only", "Erp Only"}  # the CRM owns the name
+    assert erp_rows(maria_db, "SELECT count(*) FROM customers")[0][0] == 3  # no twin
+    assert crm_rows(pg_db, "SELECT count(*) FROM accounts")[0][0] == 3
+    # The pairs reconcile created are on both systems (the hand-made one only on the ERP).
+    assert len(erp_rows(maria_db, f"SELECT 1 FROM {schema}.key_map")) == 3
+    assert len(crm_rows(pg_db, f"SELECT 1 FROM {schema}.key_map")) == 2

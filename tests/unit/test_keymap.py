@@ -11,8 +11,6 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
-
 from agent import rules
 from agent.conflicts import RecentChanges
 from agent.events import Op, RowChange, TableId
@@ -220,18 +218,3 @@ def test_a_map_link_compiles_to_map_routes_both_ways() -> None:
         [route] = route_table(config, Direction(f"{source}_to_{target}", source,
                                                 target)).routes
         assert route.link is LinkKind.MAP and route.locator == route.target_key
-
-
-@pytest.mark.parametrize("what", ["reconcile"])
-def test_reconcile_refuses_a_map_entity_naming_file_and_line(what: str) -> None:
-    from agent.errors import ConfigError
-    from agent.transfer import refuse_key_map
-    from tests.unit.data.config_fixtures import BASE, FILE, edit, load
-
-    config = load(edit("{crm_column: erp_no}", "{map: erp}"))
-    with pytest.raises(ConfigError) as caught:
-        refuse_key_map(config, "customer", what)
-    line = next(n for n, text in enumerate(BASE.splitlines(), 1) if "link:" in text)
-    [problem] = caught.value.problems
-    assert problem.startswith(f"{FILE}:{line}: entities.customer.link: {what} ")
-    refuse_key_map(load(), "customer", what)  # a column link is fine
