@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 SCHEMA = "schema"
 """The dead letters' ``error_class`` of the changes parked by a paused entity."""
 
+RESUME_CHUNK = 1000
+"""Parked changes applied per target transaction when an entity resumes."""
+
 Report = Callable[[str, bool], None]
 """(entity, paused) -> None: how a pause and a resume are reported (the metric)."""
 
@@ -209,8 +212,9 @@ class Pauses:
     # -- resume -----------------------------------------------------------------------------
 
     def resume(self, applier: Applier, sink: Sink, position: str | None) -> int:
-        """Apply the parked changes of every entity that is not paused, oldest first, in one
-        target transaction with the checkpoint ``position`` (which does not move); returns
+        """Apply the parked changes of every entity that is not paused, oldest first, in
+        target transactions of :data:`RESUME_CHUNK` with the checkpoint ``position`` (which
+        does not move); returns
         how many were applied. Raises what applying raises (the caller restarts)."""
         letters = [r for r in self._load() if not self.paused(str(r["entity"]))]
         if not letters or position is None:
@@ -229,12 +233,18 @@ class Pauses:
         updates += [Write(self.table, WriteKind.UPDATE, {"id": r["id"]},
                           {"status": "retried", "resolved_at": now},
                           {}, str(r["entity"]), str(r["key"])) for r in ready]
-        if updates:
+        # A long pause parks many changes: a target transaction per chunk, each marking its
+        # letters retried, so a crash midway resumes after the last chunk committed.
+        for start in range(0, len(updates), RESUME_CHUNK):
+            chunk = updates[start:start + RESUME_CHUNK]
+            # updates = the waiting letters' first, then the ready ones' in order
+            applying = ready[max(0, start - len(waiting)):
+                             max(0, start + RESUME_CHUNK - len(waiting))]
             sink.begin(self.direction)
             try:
-                if ready:
-                    applier.apply(sink, [letter_change(r) for r in ready])
-                applier.write(sink, updates)
+                if applying:
+                    applier.apply(sink, [letter_change(r) for r in applying])
+                applier.write(sink, chunk)
                 sink.commit(self.direction, position, datetime.now(UTC))
             except BaseException:
                 sink.rollback()

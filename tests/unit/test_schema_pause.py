@@ -180,3 +180,17 @@ def test_parked_changes_of_a_quarantined_key_wait_behind_its_letters() -> None:
     assert a.pauses.resume(a, sink, "0/10") == 0
     marks = [w.values.get("error_class") for w in sink.writes if w.table.name == "dead_letters"]
     assert marks == ["waiting", "waiting"] and sink.calls[-1] == ("commit", "0/10")
+
+
+def test_a_long_pause_resumes_in_chunks_each_with_its_marks(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("agent.schema_pause.RESUME_CHUNK", 2)
+    parked = [letter_row(n, 1, phone=f"p{n}") for n in range(1, 6)]
+    pauses = Pauses("crm_to_erp", "cdc_agent", "erp", load=lambda: parked)
+    sink = RecordingSink()
+    assert pauses.resume(applier(pauses), sink, "0/10") == 5
+    assert [c for c in sink.calls if c[0] == "commit"] == [("commit", "0/10")] * 3
+    data = [w.values["phone_main"] for w in sink.writes if w.table == CUSTOMERS]
+    assert data == ["p1", "p2", "p3", "p4", "p5"]  # in order, each once
+    marks = [w.key["id"] for w in sink.writes if w.table.name == "dead_letters"]
+    assert marks == [1, 2, 3, 4, 5]
