@@ -305,7 +305,12 @@ class Applier:
         transaction, so a crash before the reverse pipeline's commit loses none."""
         if not remedies:
             return
-        sink.write([outbox_write(self.state_schema, self._reverse, r) for r in remedies])
+        # Conflict corrections are decided from what both pipelines have read so far and
+        # are re-decided by the next change of the field; reverts and key write-backs are
+        # not, so those are the ones kept durably.
+        durable = [r for r in remedies if r.reason != "conflict"]
+        if durable:
+            sink.write([outbox_write(self.state_schema, self._reverse, r) for r in durable])
         for remedy in remedies:
             self.exchange.send(self.direction, remedy)
 
@@ -318,6 +323,9 @@ class Applier:
     def remedy_writes(self, sink: Sink, remedies: Sequence[Remedy]) -> list[Write]:
         """Writes for the remedies whose rows still hold what they expect."""
         writes: list[Write] = []
+        # Earlier remedies of this call are written after the loop: later ones of the same
+        # row must see what those will have set (a chain of corrections, oldest first).
+        ahead: dict[tuple[TableId, str, object], dict[str, object]] = {}
         for remedy in remedies:
             self._handled.append(remedy.ident)
             if remedy.reason == MAP_REASON:  # a key pair: no row to expect anything of
@@ -326,6 +334,9 @@ class Applier:
             column, key = remedy.key
             expected = list(remedy.expect)
             current = sink.fetch(remedy.table, column, [key], expected).get(key)
+            row = (remedy.table, column, key)
+            if current is not None and row in ahead:
+                current = {**current, **ahead[row]}
             if current is None or not all(
                     rules.same_value(current.get(c), v) for c, v in remedy.expect.items()):
                 log.info("%s: %s of %s skipped: the row changed meanwhile", self.direction,
@@ -333,6 +344,7 @@ class Applier:
                 continue
             writes.append(Write(remedy.table, WriteKind.UPDATE, {column: key}, remedy.values,
                                 {}, remedy.entity, str(key)))
+            ahead.setdefault(row, {}).update(remedy.values)
         return writes
 
     def recover_remedies(self, *, force: bool = False) -> None:

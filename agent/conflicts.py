@@ -69,11 +69,13 @@ class RecentChanges:
         self._lock = threading.Lock()
 
     def record(self, entity: str, record: str, field: str, side: str, ts: datetime,
-               value: object = None) -> None:
+               value: object = None, *, last: bool = False) -> None:
+        """Note a change of that side at ``ts``; the newest change is kept, or with ``last``
+        the one noted last (what the agent wrote most recently, whatever its change time)."""
         key = (entity, record, field, side)
         with self._lock:
             previous = self._entries.pop(key, None)
-            newer = previous is None or ts >= previous[0]
+            newer = last or previous is None or ts >= previous[0]
             self._entries[key] = (ts, value) if newer else previous  # type: ignore[assignment]
             while len(self._entries) > self._capacity:
                 self._entries.popitem(last=False)

@@ -2,12 +2,17 @@
 
 A direction that decides a remedy (see :class:`agent.conflicts.Remedy`) can only write into
 its own target, so the reverse pipeline applies it. The remedy travels in memory for speed,
-and is also written into ``<state_schema>.remedies`` on the deciding direction's target, in
-the same transaction as the decision (its conflict row, the INSERT that generated a key).
+and reverts, key write-backs and key-map copies are also written into
+``<state_schema>.remedies`` on the deciding direction's target, in the same transaction as the
+decision (its conflict row, the INSERT that generated a key).
 That table is on the reverse pipeline's *source* system: the reverse pipeline reads the
 pending rows when it starts and every :data:`SWEEP_INTERVAL`, applies them, and marks them
 done after its own commit. A crash between the two commits therefore loses nothing, and a
 remedy applied twice is harmless: it is written only while the row still holds ``expect``.
+
+Conflict corrections (``conflict: newest``) are not stored: they are decided from what both
+pipelines have read so far and the next change of the field decides again; a crash loses at
+most the correction of a field's last conflict (the conflict row records it).
 """
 
 from __future__ import annotations

@@ -250,10 +250,12 @@ def _plan_field(route: Route, f: FieldRoute, change: RowChange, ts: dt.datetime 
             _foreign_change(route, f, change, ts, record, value, now, result)
     elif changed is False:
         return  # the target's change is on its way here; do not overwrite it with a stale value
-    elif changed is None or same_value(now, f.convert((change.old or {})[f.source_column])):
-        diff[f.target_column] = wanted  # no conflict (or no old row to tell)
-    elif _conflict(route, f, change, ts, record, now, result, judge):
-        diff[f.target_column] = wanted
+    elif (changed is None or same_value(now, f.convert((change.old or {})[f.source_column]))
+          or _conflict(route, f, change, ts, record, now, result, judge)):
+        diff[f.target_column] = wanted  # no conflict (or no old row to tell), or it won
+        _wrote(judge, route, f, record, route.target, ts, wanted)
+        if f.conflict == "newest":
+            _restore_source(route, f, change, record, value, ts, result, judge)
 
 
 def _foreign_change(route: Route, f: FieldRoute, change: RowChange, ts: dt.datetime | None,
@@ -279,24 +281,71 @@ def _conflict(route: Route, f: FieldRoute, change: RowChange, ts: dt.datetime | 
     elif f.conflict in (route.source, route.target):
         winner, resolution = f.conflict, f.conflict
     else:
-        known = judge.recent.latest(route.entity, record, f.name, route.target)
-        # Only the change that put the target's current value there is the competitor; an
-        # older one of that side says nothing (the competitor is not read yet: provisional).
-        theirs = known[0] if known is not None and same_value(known[1], now) else None
         mine = ts if ts is not None else dt.datetime.max.replace(tzinfo=dt.UTC)
+        theirs = _competitor(judge, route, f, record, now)
         wins = newest_wins(mine, theirs, me=route.source, tie=f.tie or route.source)
         winner, resolution = (route.source if wins else route.target), "newest"
-        if wins and theirs is not None:
-            # The other direction may have let its older change win provisionally and written
-            # it here; put this side's value back if the row holds exactly that.
-            key = (change.new or {}).get(route.source_key)
-            result.remedies.append(Remedy(route.source_table, (route.source_key, key),
-                                          {f.source_column: value},
-                                          {f.source_column: f.back(now)}, route.entity,
-                                          "conflict"))
+        if not wins and theirs is not None:
+            _concede(route, f, change, record, value, now, theirs, result, judge)
     result.conflicts.append(Conflict(route.entity, record, f.name, route.direction, value, now,
                                      winner, f.conflict, resolution, ts))
     return winner == route.source
+
+
+AGENT = ":agent"
+"""Suffix of the side under which :class:`RecentChanges` notes what the agent itself wrote
+into that side (the time of the change the value came from, and the value)."""
+
+
+def _wrote(judge: Judge, route: Route, f: FieldRoute, record: str, side: str,
+           ts: dt.datetime | None, value: object) -> None:
+    """Note that the agent writes ``value`` (from a change at ``ts``) into ``side``."""
+    if f.owner == "both" and ts is not None:
+        judge.recent.record(route.entity, record, f.name, side + AGENT, ts, value, last=True)
+
+
+def _competitor(judge: Judge, route: Route, f: FieldRoute, record: str,
+                now: object) -> dt.datetime | None:
+    """When the change that put the target's current value there happened: a change of the
+    target's own side, or one the agent wrote there; None when not known (provisional)."""
+    for side in (route.target, route.target + AGENT):
+        known = judge.recent.latest(route.entity, record, f.name, side)
+        if known is not None and same_value(known[1], now):
+            return known[0]
+    return None
+
+
+def _restore_source(route: Route, f: FieldRoute, change: RowChange, record: str,
+                    value: object, ts: dt.datetime | None, result: Plan, judge: Judge) -> None:
+    """This change's value goes to the target; make sure the source holds it too.
+
+    The other direction may have written an older value into the source after this change
+    committed (its provisional win, or a correction decided before it read this change).
+    Then put this change's value back, where the source still holds exactly that value.
+    """
+    mine = ts if ts is not None else dt.datetime.max.replace(tzinfo=dt.UTC)
+    written = judge.recent.latest(route.entity, record, f.name, route.source + AGENT)
+    # An equal time is this side's own earlier change of the same logged second (a binlog
+    # read behind gives its changes the end of their second): this later one wins.
+    if written is None or written[0] > mine or same_value(written[1], value):
+        return
+    _remedy(route, f, change, record, value, written[1], mine, result, judge)
+
+
+def _concede(route: Route, f: FieldRoute, change: RowChange, record: str, value: object,
+             now: object, theirs: dt.datetime, result: Plan, judge: Judge) -> None:
+    """This change lost against the target's newer value (a late-read change of a
+    whole-second binlog can): the source holds the loser, so put the target's value there."""
+    _remedy(route, f, change, record, f.back(now), value, theirs, result, judge)
+
+
+def _remedy(route: Route, f: FieldRoute, change: RowChange, record: str, restore: object,
+            expect: object, ts: dt.datetime, result: Plan, judge: Judge) -> None:
+    key = (change.new or {}).get(route.source_key)
+    result.remedies.append(Remedy(route.source_table, (route.source_key, key),
+                                  {f.source_column: restore}, {f.source_column: expect},
+                                  route.entity, "conflict"))
+    _wrote(judge, route, f, record, route.source, ts, restore)
 
 
 def _locate(route: Route, row: Row, judge: Judge | None) -> object:

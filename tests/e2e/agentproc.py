@@ -7,7 +7,8 @@ import random
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,13 @@ class AgentSetup:
         self.config_path.write_text(yaml.safe_dump(self.document(), sort_keys=False))
         self.config_path.chmod(0o600)
         return self.config_path
+
+    def prepare(self) -> AgentSetup:
+        """Write the configuration and run `cdc-agent setup` (which must succeed)."""
+        self.write()
+        done = self.cli("setup")
+        assert done.returncode == 0, done.stdout + done.stderr
+        return self
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run a one-shot command (`setup`, `check`...) and return what it printed.
@@ -156,3 +164,16 @@ def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "CDC_AGENT_CONFIG")}
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+@contextmanager
+def running(setup: AgentSetup, *extra: str) -> Iterator[AgentProcess]:
+    """A streaming `cdc-agent run` for the body; stopped after, its log printed (pytest shows
+    it when the test failed)."""
+    proc = AgentProcess(setup, *extra)
+    try:
+        proc.wait_streaming()
+        yield proc
+    finally:
+        proc.stop()
+        print(proc.log())

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.agentproc import AgentProcess, AgentSetup, write_secret
+from tests.e2e.agentproc import AgentProcess, AgentSetup, running, write_secret
 from tests.polling import wait_until
 from tests.servers import PgDatabase
 
@@ -79,15 +79,9 @@ def agent(pg_db: PgDatabase, erp_pg: PgDatabase, tmp_path: Path) -> Iterator[Age
         conn.execute(ERP_DDL)
     name = "p" + format(random.getrandbits(40), "x")
     setup = PgPgSetup(tmp_path, name, pg_db, None, {"customer": ENTITY},  # type: ignore[arg-type]
-                      erp_pg=erp_pg)
-    setup.write()
-    done = setup.cli("setup")
-    assert done.returncode == 0, done.stdout + done.stderr
-    proc = AgentProcess(setup)
-    proc.wait_streaming()
-    yield proc
-    proc.stop()
-    print(proc.log())
+                      erp_pg=erp_pg).prepare()
+    with running(setup) as proc:
+        yield proc
     setup.cli("teardown", "--yes")
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.agentproc import AgentProcess, AgentSetup
+from tests.e2e.agentproc import AgentProcess, AgentSetup, running
 from tests.e2e.schema import CUSTOMER_ENTITY, apply_ddl, create_schemas, crm_rows, erp_rows
 from tests.e2e.test_operations import metric, metrics_port
 from tests.polling import free_port, wait_until
@@ -68,15 +68,9 @@ def agent(pg_db: PgDatabase, maria_db: MariaDatabase, tmp_path: Path) -> Iterato
     apply_ddl(pg_db, maria_db, CRM_EXTRA, ERP_EXTRA)
     setup = AgentSetup(tmp_path, "s" + format(random.getrandbits(40), "x"), pg_db, maria_db,
                        {"customer": customer_entity(), "order": copy.deepcopy(ORDER_ENTITY)},
-                       agent_extra={"metrics_listen": f"127.0.0.1:{free_port()}"})
-    setup.write()
-    done = setup.cli("setup")
-    assert done.returncode == 0, done.stdout + done.stderr
-    proc = AgentProcess(setup)
-    proc.wait_streaming()
-    yield proc
-    proc.stop()
-    print(proc.log())
+                       agent_extra={"metrics_listen": f"127.0.0.1:{free_port()}"}).prepare()
+    with running(setup) as proc:
+        yield proc
 
 
 def crm(db: PgDatabase, sql: str, args: tuple[Any, ...] = ()) -> None:

@@ -172,3 +172,29 @@ def test_large_transaction_gets_its_own_target_transaction() -> None:
     first_commit = kinds.index("commit")
     assert sink.calls[first_commit] == ("commit", "0/1")
     assert sink.calls[-1] == ("commit", "0/2")
+
+
+class _RowSink(CallSink):
+    """A target holding one row (its fetch answers from it)."""
+
+    def __init__(self, row: dict[str, object]) -> None:
+        super().__init__()
+        self.row = row
+
+    def fetch(self, table: TableId, key_column: str, keys: Sequence[object],
+              columns: Sequence[str]) -> Mapping[object, Mapping[str, object]]:
+        return {k: dict(self.row) for k in keys}
+
+
+def test_a_chain_of_corrections_of_one_row_applies_in_order() -> None:
+    """Each correction expects what the one before it writes: all apply, the last wins."""
+    from agent.conflicts import Remedy
+
+    a = applier(Route("customer", "crm_to_erp", SRC, "id", DST, "no", LinkKind.TARGET_HOLDS_KEY,
+                      "crm_id", (FieldRoute("phone", "phone", "phone", "both"),)))
+    sink = _RowSink({"phone": "c1"})
+    chain = [Remedy(SRC, ("id", 7), {"phone": new}, {"phone": old}, "customer", "conflict")
+             for old, new in (("c1", "e1"), ("e1", "e2"), ("e2", "e3"))]
+    stale = Remedy(SRC, ("id", 7), {"phone": "x"}, {"phone": "c1"}, "customer", "conflict")
+    writes = a.remedy_writes(sink, [*chain, stale])
+    assert [w.values for w in writes] == [{"phone": "e1"}, {"phone": "e2"}, {"phone": "e3"}]

@@ -241,6 +241,52 @@ def test_an_older_change_of_the_other_side_is_not_the_competitor() -> None:
     assert plan.writes and plan.remedies == []  # provisional: no correction of our own side
 
 
+def test_a_newer_change_puts_itself_back_where_the_agent_wrote_an_older_value() -> None:
+    """The other direction wrote "X" (from a change at T0-1s) into the CRM after the CRM's
+    edit to "B" at T0 committed: "B" wins, goes to the ERP, and is put back into the CRM
+    where the CRM still holds exactly "X"."""
+    recent = RecentChanges()
+    recent.record("customer", "7", "phone", "crm" + rules.AGENT, T0 - timedelta(seconds=1), "X",
+                  last=True)
+    plan = run([update({"c_phone": "B"}, {"c_phone": "A"})], {7: {"e_phone": "A"}},
+               r=both("newest"), recent=recent)
+    assert plan.writes[0].values == {"e_phone": "B"}
+    [remedy] = plan.remedies
+    assert (remedy.values, remedy.expect) == ({"c_phone": "B"}, {"c_phone": "X"})
+    # What the agent writes is noted, for the other direction's decisions.
+    assert recent.latest("customer", "7", "phone", "erp" + rules.AGENT) == (T0, "B")
+
+
+def test_an_agent_write_of_a_newer_change_is_left_alone() -> None:
+    recent = RecentChanges()
+    recent.record("customer", "7", "phone", "crm" + rules.AGENT, T0 + timedelta(seconds=1), "X",
+                  last=True)
+    plan = run([update({"c_phone": "B"}, {"c_phone": "A"})], {7: {"e_phone": "A"}},
+               r=both("newest"), recent=recent)
+    assert plan.remedies == []
+
+
+def test_a_change_losing_to_a_known_newer_one_gets_the_winner_put_back() -> None:
+    """A late-read CRM change loses against the ERP's newer value: the CRM, which holds the
+    loser, gets the ERP's value (while it still holds the loser)."""
+    recent = RecentChanges()
+    recent.record("customer", "7", "phone", "erp", T0 + timedelta(milliseconds=50), "E")
+    plan = conflicting(both("newest"), recent)
+    assert plan.writes == []
+    [remedy] = plan.remedies
+    assert (remedy.values, remedy.expect) == ({"c_phone": "E"}, {"c_phone": "B"})
+
+
+def test_the_agents_last_write_is_noted_whatever_its_change_time() -> None:
+    recent = RecentChanges()
+    recent.record("c", "7", "f", "erp:agent", T0, "new", last=True)
+    recent.record("c", "7", "f", "erp:agent", T0 - timedelta(seconds=1), "later", last=True)
+    assert recent.latest("c", "7", "f", "erp:agent") == (T0 - timedelta(seconds=1), "later")
+    recent.record("c", "7", "f", "erp", T0, "new")
+    recent.record("c", "7", "f", "erp", T0 - timedelta(seconds=1), "older")
+    assert recent.latest("c", "7", "f", "erp") == (T0, "new")
+
+
 def test_record_changes_notes_only_changed_both_owned_fields() -> None:
     recent = RecentChanges()
     r = route(field("phone", "both"), field("name", "crm"))
