@@ -73,6 +73,16 @@ class TargetView:
 
     def __init__(self) -> None:
         self._rows: dict[tuple[TableId, str], dict[object, dict[str, object] | None]] = {}
+        # Per route object: its rows, so a lookup per change hashes no TableId.
+        self._by_route: dict[int, tuple[Route, dict[object, dict[str, object] | None]]] = {}
+
+    def _of(self, route: Route) -> dict[object, dict[str, object] | None]:
+        hit = self._by_route.get(id(route))
+        if hit is not None and hit[0] is route:
+            return hit[1]
+        rows = self._rows.setdefault((route.target_table, route.locator), {})
+        self._by_route[id(route)] = (route, rows)
+        return rows
 
     def load(self, table: TableId, locator: str, rows: Mapping[object, Mapping[str, object]],
              asked: Iterable[object]) -> None:
@@ -85,10 +95,10 @@ class TargetView:
             known.setdefault(key, found)
 
     def get(self, route: Route, key: object) -> dict[str, object] | None:
-        return self._rows.get((route.target_table, route.locator), {}).get(key)
+        return self._of(route).get(key)
 
     def put(self, route: Route, key: object, values: Mapping[str, object] | None) -> None:
-        rows = self._rows.setdefault((route.target_table, route.locator), {})
+        rows = self._of(route)
         if values is None:
             rows[key] = None
             return

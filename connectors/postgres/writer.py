@@ -66,11 +66,12 @@ Conn = psycopg.Connection[tuple[object, ...]]
 class _TableMeta:
     type_oids: Mapping[str, int]
     primary_key: tuple[str, ...]
+    type_names: Mapping[str, str]  # format_type without modifier: what a key is cast to
 
 
 _COLUMNS_SQL = """
 SELECT a.attname, a.atttypid::int, coalesce(a.attnum = ANY(i.indkey), false),
-       array_position(i.indkey::int2[], a.attnum)
+       array_position(i.indkey::int2[], a.attnum), format_type(a.atttypid, NULL)
 FROM pg_attribute a
 LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
 WHERE a.attrelid = to_regclass(quote_ident(%s) || '.' || quote_ident(%s))
@@ -227,8 +228,9 @@ class PgSink:
             rows = conn.execute(_COLUMNS_SQL, [table.schema, table.name]).fetchall()
             if not rows:
                 raise PermanentError(f"table {table} does not exist")
-            pk = sorted((int(str(pos)), str(n)) for n, _, in_pk, pos in rows if in_pk)
-            meta = _TableMeta({str(n): int(str(o)) for n, o, _, _ in rows}, tuple(n for _, n in pk))
+            pk = sorted((int(str(pos)), str(n)) for n, _, in_pk, pos, _ in rows if in_pk)
+            meta = _TableMeta({str(n): int(str(o)) for n, o, _, _, _ in rows},
+                              tuple(n for _, n in pk), {str(n): str(t) for n, *_, t in rows})
             self._meta[table] = meta
         return meta
 
@@ -238,17 +240,21 @@ class PgSink:
         """(key, {column: value}) per row found; the key column is the first of ``names``."""
         # FOR UPDATE: the rules decide on these values, so no other transaction may change
         # the rows between this read and the agent's write (a lost update otherwise).
-        query = sql.SQL("SELECT {} FROM {} WHERE {} IN ({}) FOR UPDATE").format(
+        # One array parameter (text, cast to the key's type: the same input function as an
+        # untyped parameter): the query text is the same for every chunk, so it is parsed
+        # and prepared once, not once per batch with a thousand placeholders.
+        _oid(meta, table, names[0])
+        query = sql.SQL("SELECT {} FROM {} WHERE {} = ANY(%s::text[]::{}[]) FOR UPDATE").format(
             sql.SQL(", ").join(map(sql.Identifier, names)),
             sql.Identifier(table.schema, table.name),
             sql.Identifier(names[0]),
-            sql.SQL(", ").join(sql.Placeholder() * len(keys)),
+            sql.SQL(meta.type_names[names[0]]),
         )
         cur = conn.cursor()
         oids = [_oid(meta, table, n) for n in names]
         for oid in set(oids):  # raw text, converted exactly like the reader does
             cur.adapters.register_loader(oid, TextLoader)
-        cur.execute(query, [to_param(k) for k in keys])
+        cur.execute(query, [[to_param(k) for k in keys]])
         convs = [converter_for(o) for o in oids]
         key_conv, columns = convs[0], list(zip(names[1:], convs[1:], strict=True))
         for row in cur:  # TextLoader: every value is already a str (or None)

@@ -299,7 +299,7 @@ def test_long_runs_are_copied_and_keep_per_key_order(db: PgDatabase, sink: PgSin
     # Keys repeat in the run: every key's second UPDATE must land after its first.
     updates = [Write(ACCOUNTS, WriteKind.UPDATE, {"id": i % n}, {"name": f"u{i}"})
                for i in range(2 * n)]
-    sink.write(updates + [Write(ACCOUNTS, WriteKind.UPDATE, {"id": 10_000}, {"name": "none"})])
+    sink.write([*updates, Write(ACCOUNTS, WriteKind.UPDATE, {"id": 10_000}, {"name": "none"})])
     sink.write([Write(ACCOUNTS, WriteKind.DELETE, {"id": i}, {}) for i in range(COPY_MIN_ROWS)])
     sink.commit("d", "0/1", TS)
     assert rows(db) == [(i, f"u{i + n}", None) for i in range(COPY_MIN_ROWS, n)]
@@ -351,8 +351,16 @@ def test_every_type_round_trips_through_the_copy_path(db: PgDatabase) -> None:
         sink.write([Write(typed, WriteKind.UPDATE, {"id": i}, v) for i, v in wanted.items()])
         sink.commit("d", "0/1", TS)
         fetched = sink.fetch(typed, "id", list(range(n)), list(ROUND_TRIP))
+        by_key = {col: sink.fetch(typed, col, [wanted[0][col], wanted[1][col]], ["id"])
+                  for col in ("t", "vc", "n2", "i8", "u", "d", "ts", "tstz", "bt")}
     finally:
         sink.close()
+    for col, found in by_key.items():  # keys of other types than int locate rows too
+        asked = [wanted[0][col], wanted[1][col]]
+        assert len(found) == len({str(k) for k in asked}), col
+        for key in asked:
+            row_id = found[key]["id"]
+            assert isinstance(row_id, int) and same(wanted[row_id][col], key, col), col
     for i, values in wanted.items():
         for col, expected in values.items():
             got = fetched[i][col]
