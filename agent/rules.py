@@ -73,6 +73,16 @@ class TargetView:
 
     def __init__(self) -> None:
         self._rows: dict[tuple[TableId, str], dict[object, dict[str, object] | None]] = {}
+        # Per route object: its rows, so a lookup per change hashes no TableId.
+        self._by_route: dict[int, tuple[Route, dict[object, dict[str, object] | None]]] = {}
+
+    def _of(self, route: Route) -> dict[object, dict[str, object] | None]:
+        hit = self._by_route.get(id(route))
+        if hit is not None and hit[0] is route:
+            return hit[1]
+        rows = self._rows.setdefault((route.target_table, route.locator), {})
+        self._by_route[id(route)] = (route, rows)
+        return rows
 
     def load(self, table: TableId, locator: str, rows: Mapping[object, Mapping[str, object]],
              asked: Iterable[object]) -> None:
@@ -80,13 +90,15 @@ class TargetView:
         known = self._rows.setdefault((table, locator), {})
         for key in asked:
             found = rows.get(key)
-            known.setdefault(key, dict(found) if found is not None else None)
+            if found is not None and not isinstance(found, dict):
+                found = dict(found)  # the view never changes a row in place: no copy needed
+            known.setdefault(key, found)
 
     def get(self, route: Route, key: object) -> dict[str, object] | None:
-        return self._rows.get((route.target_table, route.locator), {}).get(key)
+        return self._of(route).get(key)
 
     def put(self, route: Route, key: object, values: Mapping[str, object] | None) -> None:
-        rows = self._rows.setdefault((route.target_table, route.locator), {})
+        rows = self._of(route)
         if values is None:
             rows[key] = None
             return
@@ -106,15 +118,20 @@ def lookups(table: RouteTable, changes: Iterable[RowChange],
     """Which target rows (by locator value) the batch needs to see (key-map routes: the
     target keys ``judge`` knows for their source keys)."""
     needed: dict[LookupKey, set[object]] = {}
+    keys: dict[int, set[object]] = {}  # per route (by id): computed once per batch, not per row
     for change in changes:
         for route in table.routes_for(change.table):
             key = _locate(route, source_row(change), judge)
             if key is None:
                 continue
-            columns = tuple(f.target_column for f in route.fields)
-            if route.delete_flag is not None:
-                columns = (*columns, route.delete_flag[0])
-            needed.setdefault((route.target_table, route.locator, columns), set()).add(key)
+            found = keys.get(id(route))
+            if found is None:
+                columns = tuple(f.target_column for f in route.fields)
+                if route.delete_flag is not None:
+                    columns = (*columns, route.delete_flag[0])
+                found = keys[id(route)] = needed.setdefault(
+                    (route.target_table, route.locator, columns), set())
+            found.add(key)
     return needed
 
 
@@ -239,10 +256,11 @@ def _plan_field(route: Route, f: FieldRoute, change: RowChange, ts: dt.datetime 
     now = current.get(f.target_column, _ABSENT)
     if same_value(now, wanted):
         return
-    changed = _changed(f, change)
     if f.owner == route.source:
         diff[f.target_column] = wanted
-    elif f.owner == route.target:
+        return
+    changed = _changed(f, change)  # only ownership and conflict rules need it
+    if f.owner == route.target:
         # Only a change known to touch the field is a violation. Without the old row (no
         # REPLICA IDENTITY FULL; `check` names it) a stale value is not one: the owner's
         # newer value is on its way, and "reverting" to it early would run ahead of it.
@@ -386,6 +404,9 @@ _ABSENT = object()
 
 def same_value(current: object, new: object) -> bool:
     """Whether the target already holds ``new`` (across engines' representations)."""
+    kind = type(current)
+    if kind is type(new) and kind in _PLAIN:  # the common case, decided at once
+        return current == new
     if current is _ABSENT:
         return False
     if current is None or new is None:
@@ -401,6 +422,10 @@ def same_value(current: object, new: object) -> bool:
     if isinstance(current, bytes | bytearray | memoryview) and isinstance(new, bytes | bytearray):
         return bytes(current) == bytes(new)
     return type(current) is type(new) and current == new
+
+
+_PLAIN = frozenset({str, int, Decimal, float})
+"""Types whose values of the same type are the same exactly when equal."""
 
 
 def _is_01(a: object, b: object) -> bool:

@@ -298,14 +298,17 @@ class MySink:
         Values use the reader's representation (:mod:`connectors.mysql.values`).
         """
         defs = self._column_defs(table)
-        wanted = [key_column, *(c for c in columns if c != key_column)]
-        convert = {c: converter(defs[c].kind, self._zone) if c in defs else None for c in wanted}
+        wanted = [key_column, *columns]
+        convert = [converter(defs[c].kind, self._zone) if c in defs else None for c in wanted]
+        key_convert, named = convert[0], list(zip(columns, convert[1:], strict=True))
         result: dict[object, Mapping[str, object]] = {}
         try:
             for chunk in _chunks(list(keys), FETCH_KEYS_PER_STATEMENT):
                 for row in self._select(table, key_column, wanted, chunk):
-                    values = {c: _apply(convert[c], v) for c, v in zip(wanted, row, strict=True)}
-                    result[values[key_column]] = {c: values[c] for c in columns}
+                    # One dict per row; columns without a converter are taken as they are.
+                    result[_apply(key_convert, row[0])] = {
+                        c: v if f is None or v is None else f(v)
+                        for (c, f), v in zip(named, row[1:], strict=True)}
             self._end_read()
         except pymysql.err.MySQLError as exc:
             raise self._fail(exc, f"fetch from {table}") from exc

@@ -197,6 +197,11 @@ def json_dumps(value: object) -> str:
 
 def to_param(value: object) -> str | None:
     """The text a PostgreSQL input function parses back into ``value`` exactly."""
+    kind = type(value)
+    if kind is str:
+        return value  # type: ignore[return-value]  # (mypy does not narrow on type(...) is)
+    if kind is int or kind is Decimal:
+        return str(value)
     if value is None or isinstance(value, str):  # includes JsonText
         return value
     if isinstance(value, bool):
