@@ -268,9 +268,16 @@ def _plan_field(route: Route, f: FieldRoute, change: RowChange, ts: dt.datetime 
             _foreign_change(route, f, change, ts, record, value, now, result)
     elif changed is False:
         return  # the target's change is on its way here; do not overwrite it with a stale value
-    elif (changed is None or same_value(now, f.convert((change.old or {})[f.source_column]))
-          or _conflict(route, f, change, ts, record, now, result, judge)):
-        diff[f.target_column] = wanted  # no conflict (or no old row to tell), or it won
+    elif changed is None or same_value(now, f.convert((change.old or {})[f.source_column])):
+        if f.conflict == "newest" and _outdated(route, f, change, ts, record, value, judge,
+                                                result):
+            return
+        diff[f.target_column] = wanted  # no conflict (or no old row to tell)
+        _wrote(judge, route, f, record, route.target, ts, wanted)
+        if f.conflict == "newest":
+            _restore_source(route, f, change, record, value, ts, result, judge)
+    elif _conflict(route, f, change, ts, record, now, result, judge):
+        diff[f.target_column] = wanted  # it won
         _wrote(judge, route, f, record, route.target, ts, wanted)
         if f.conflict == "newest":
             _restore_source(route, f, change, record, value, ts, result, judge)
@@ -348,6 +355,21 @@ def _restore_source(route: Route, f: FieldRoute, change: RowChange, record: str,
     if written is None or written[0] > mine or same_value(written[1], value):
         return
     _remedy(route, f, change, record, value, written[1], mine, result, judge)
+
+
+def _outdated(route: Route, f: FieldRoute, change: RowChange, ts: dt.datetime | None,
+              record: str, value: object, judge: Judge, result: Plan) -> bool:
+    """The target holds what the source had before, but the target's side made a newer
+    change that the agent wrote over (a correction for it is on its way): this change lost.
+    The source gets that newer value back instead."""
+    latest = judge.recent.latest(route.entity, record, f.name, route.target)
+    if latest is None or same_value(latest[1], f.convert(value)):
+        return False
+    mine = ts if ts is not None else dt.datetime.max.replace(tzinfo=dt.UTC)
+    if newest_wins(mine, latest[0], me=route.source, tie=f.tie or route.source):
+        return False
+    _concede(route, f, change, record, value, latest[1], latest[0], result, judge)
+    return True
 
 
 def _concede(route: Route, f: FieldRoute, change: RowChange, record: str, value: object,
