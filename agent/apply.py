@@ -94,6 +94,7 @@ class Applier:
         self._handled: list[str] = []
         source, target = direction.split("_to_", 1)
         self._reverse = f"{target}_to_{source}"
+        self._target = target
         self.pauses = pauses or Pauses(direction, state_schema)
         """Entities paused by a schema change (agent.schema_pause)."""
         self.keymap = KeyMap(direction, routes, judge, state_schema, peer)
@@ -345,6 +346,28 @@ class Applier:
             writes.append(Write(remedy.table, WriteKind.UPDATE, {column: key}, remedy.values,
                                 {}, remedy.entity, str(key)))
             ahead.setdefault(row, {}).update(remedy.values)
+        return writes
+
+    def settling(self) -> list[tuple[str, str, str, object]]:
+        """Conflicting fields, quiet now, to check again in this direction's target."""
+        return self.judge.recent.settled(self._target)
+
+    def settle_writes(self, sink: Sink, items: Sequence[tuple[str, str, str, object]]
+                      ) -> list[Write]:
+        """Writes that give quiet conflicting fields the newest known change's value, where
+        the target holds one known to be older (see :func:`agent.rules.settle_write`)."""
+        writes: list[Write] = []
+        for entity, _record, name, key in items:
+            route = next((r for r in self.routes.routes if r.entity == entity), None)
+            f = next((x for x in route.fields if x.name == name), None) if route else None
+            if route is None or f is None:
+                continue
+            current = sink.fetch(route.target_table, route.locator, [key],
+                                 [f.target_column]).get(key)
+            write = None if current is None else rules.settle_write(route, f, key, current,
+                                                                    self.judge)
+            if write is not None:
+                writes.append(write)
         return writes
 
     def recover_remedies(self, *, force: bool = False) -> None:

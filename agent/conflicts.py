@@ -11,8 +11,9 @@ change, corrects both sides if that one is newer.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -67,6 +68,8 @@ class RecentChanges:
         self._entries: OrderedDict[tuple[str, str, str, str], tuple[datetime, object]] = (
             OrderedDict())
         self._lock = threading.Lock()
+        self._unsettled: dict[str, OrderedDict[tuple[str, str, str], tuple[float, object]]] = {}
+        self._history: OrderedDict[tuple[str, str, str, str], deque[object]] = OrderedDict()
 
     def record(self, entity: str, record: str, field: str, side: str, ts: datetime,
                value: object = None, *, last: bool = False) -> None:
@@ -74,6 +77,12 @@ class RecentChanges:
         the one noted last (what the agent wrote most recently, whatever its change time)."""
         key = (entity, record, field, side)
         with self._lock:
+            if last:
+                history = self._history.pop(key, None) or deque(maxlen=HISTORY)
+                history.append(value)
+                self._history[key] = history
+                while len(self._history) > self._capacity:
+                    self._history.popitem(last=False)
             previous = self._entries.pop(key, None)
             newer = last or previous is None or ts >= previous[0]
             self._entries[key] = (ts, value) if newer else previous  # type: ignore[assignment]
@@ -85,6 +94,47 @@ class RecentChanges:
         """The time and value of that side's last change of the field, if known."""
         with self._lock:
             return self._entries.get((entity, record, field, side))
+
+    def written(self, entity: str, record: str, field: str, side: str) -> list[object]:
+        """The last values noted with ``last`` (what the agent wrote there lately)."""
+        with self._lock:
+            return list(self._history.get((entity, record, field, side), ()))
+
+    # -- fields to check again once they are quiet -----------------------------------------
+
+    def unsettle(self, entity: str, record: str, field: str, key: object,
+                 sides: tuple[str, str]) -> None:
+        """A conflict touched the field: each side's pipeline checks it again once nothing
+        has touched it for :data:`SETTLE_DELAY` (see :meth:`settled`)."""
+        due = time.monotonic() + SETTLE_DELAY
+        with self._lock:
+            for side in sides:
+                queue = self._unsettled.setdefault(side, OrderedDict())
+                queue.pop((entity, record, field), None)
+                queue[(entity, record, field)] = (due, key)
+                while len(queue) > self._capacity:
+                    queue.popitem(last=False)
+
+    def settled(self, side: str, limit: int = 1000) -> list[tuple[str, str, str, object]]:
+        """Fields whose quiet time has come, for the pipeline writing into ``side``:
+        (entity, record, field, key), oldest first."""
+        now, taken = time.monotonic(), list[tuple[str, str, str, object]]()
+        with self._lock:
+            queue = self._unsettled.get(side)
+            while queue and len(taken) < limit:
+                (entity, record, field), (due, key) = next(iter(queue.items()))
+                if due > now:
+                    break
+                queue.popitem(last=False)
+                taken.append((entity, record, field, key))
+        return taken
+
+
+HISTORY = 16
+"""How many of the agent's last writes per field and side are remembered."""
+
+SETTLE_DELAY = 1.0
+"""Seconds a field touched by a conflict must stay quiet before it is checked again."""
 
 
 def newest_wins(mine: datetime, theirs: datetime | None, *, me: str, tie: str) -> bool:

@@ -205,6 +205,7 @@ class _Session:
                 self._maybe_commit(item is None)
                 self._maybe_advance()
                 self._maybe_remedy()
+                self._maybe_settle()
                 self._maybe_window()
             if not self.batch.in_partial:
                 self._commit()
@@ -395,6 +396,22 @@ class _Session:
             self._remedies()
             self.sink.commit(self.p.direction, self.committed, datetime.now(UTC))
             self.p.applier.settle_remedies()
+
+    def _maybe_settle(self) -> None:
+        """Conflicting fields that went quiet are checked again in a transaction of their own
+        (the stored position does not move): both sides end on the newest change."""
+        if self.batch.pending() or self.batch.in_partial or self.committed is None:
+            return
+        items = self.p.applier.settling()
+        if not items:
+            return
+        self.sink.begin(self.p.direction)
+        writes = self.p.applier.settle_writes(self.sink, items)
+        if writes:
+            self.p.applier.write(self.sink, writes)
+            log.info("%s: %d conflicting field(s) settled on the newest change",
+                     self.p.direction, len(writes))
+        self.sink.commit(self.p.direction, self.committed, datetime.now(UTC))
 
     def _maybe_window(self) -> None:
         """Staged changes whose schedule window has come get a target transaction of their

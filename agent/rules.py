@@ -218,7 +218,7 @@ def _plan_upsert(route: Route, change: RowChange, ts: dt.datetime | None, view: 
         return
     diff: dict[str, object] = {}
     for f in route.fields:
-        _plan_field(route, f, change, ts, str(key), current, diff, result, judge)
+        _plan_field(route, f, change, ts, key, current, diff, result, judge)
     if not diff:
         result.skipped["noop"] += 1
         return
@@ -246,9 +246,19 @@ def _plan_create(route: Route, row: Row, key: object, result: Plan) -> bool:
     return True
 
 
-def _plan_field(route: Route, f: FieldRoute, change: RowChange, ts: dt.datetime | None, record: str,
-                current: Mapping[str, object], diff: dict[str, object], result: Plan,
-                judge: Judge) -> None:
+def _plan_field(route: Route, f: FieldRoute, change: RowChange, ts: dt.datetime | None,
+                key: object, current: Mapping[str, object], diff: dict[str, object],
+                result: Plan, judge: Judge) -> None:
+    before = len(result.conflicts) + len(result.remedies)
+    _plan_value(route, f, change, ts, str(key), current, diff, result, judge)
+    if f.owner == "both" and f.conflict == "newest" and (
+            len(result.conflicts) + len(result.remedies) > before):
+        _unsettle(route, f, str(key), key, judge)
+
+
+def _plan_value(route: Route, f: FieldRoute, change: RowChange, ts: dt.datetime | None,
+                record: str, current: Mapping[str, object], diff: dict[str, object],
+                result: Plan, judge: Judge) -> None:
     value = _source_value(f, change.new or {})
     if value is UNCHANGED:
         return
@@ -355,6 +365,46 @@ def _restore_source(route: Route, f: FieldRoute, change: RowChange, record: str,
     if written is None or written[0] > mine or same_value(written[1], value):
         return
     _remedy(route, f, change, record, value, written[1], mine, result, judge)
+
+
+def _unsettle(route: Route, f: FieldRoute, record: str, key: object, judge: Judge) -> None:
+    """After conflicts, both pipelines check the field again once it is quiet (see
+    :func:`settle_write`): corrections decided on what was read so far can race."""
+    if route.link is not LinkKind.MAP:  # the record is both targets' locator value
+        judge.recent.unsettle(route.entity, record, f.name, key, (route.source, route.target))
+
+
+def settle_write(route: Route, f: FieldRoute, key: object, current: Mapping[str, object],
+                 judge: Judge) -> Write | None:
+    """The write that puts the newest known change of a quiet field into the target, when the
+    target holds a value known to be older (else None: equal, or a newer change of the
+    target's side not read yet, which its own pipeline settles)."""
+    record, recent = str(key), judge.recent
+    mine = recent.latest(route.entity, record, f.name, route.source)
+    theirs = recent.latest(route.entity, record, f.name, route.target)
+    if mine is None and theirs is None:
+        return None
+    if mine is not None and (theirs is None or newest_wins(
+            mine[0], theirs[0], me=route.source, tie=f.tie or route.source)):
+        winner, ts = f.convert(mine[1]), mine[0]
+    else:
+        assert theirs is not None
+        winner, ts = theirs[1], theirs[0]
+    now = current.get(f.target_column, _ABSENT)
+    if now is _ABSENT or same_value(now, winner):
+        return None
+    # Known to be older: the target side's last read change, what the agent wrote there
+    # lately (a correction applied late can be the value there), the source's last change.
+    stale = recent.written(route.entity, record, f.name, route.target + AGENT)
+    if theirs is not None:
+        stale.append(theirs[1])
+    if mine is not None:
+        stale.append(f.convert(mine[1]))
+    if not any(same_value(now, v) for v in stale):
+        return None
+    _wrote(judge, route, f, record, route.target, ts, winner)
+    return Write(route.target_table, WriteKind.UPDATE, {route.locator: key},
+                 {f.target_column: winner}, {}, route.entity, record)
 
 
 def _outdated(route: Route, f: FieldRoute, change: RowChange, ts: dt.datetime | None,

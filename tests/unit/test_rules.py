@@ -351,3 +351,29 @@ def test_same_value_across_engines() -> None:
     assert not rules.same_value(None, "")
     assert rules.same_value(memoryview(b"ab"), b"ab")
     assert not rules.same_value("1", 1)
+
+
+def test_a_quiet_field_settles_on_the_newest_known_change() -> None:
+    r = both("newest")
+    [f] = r.fields
+    recent = RecentChanges()
+    judge = rules.Judge(recent)
+    recent.record("customer", "7", "phone", "crm", T0, "B")           # the newest change
+    recent.record("customer", "7", "phone", "erp", T0 - timedelta(seconds=1), "E")
+    recent.record("customer", "7", "phone", "erp" + rules.AGENT, T0 - timedelta(seconds=2),
+                  "X", last=True)                                     # a late correction
+    write = rules.settle_write(r, f, 7, {"e_phone": "X"}, judge)
+    assert write is not None and write.values == {"e_phone": "B"} and write.key == {"crm_id": 7}
+    assert rules.settle_write(r, f, 7, {"e_phone": "B"}, judge) is None  # already equal
+    # A value the agent does not know is a newer change of the ERP on its way: left alone.
+    assert rules.settle_write(r, f, 7, {"e_phone": "N"}, judge) is None
+
+
+def test_conflicts_mark_the_field_for_a_check_once_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("agent.conflicts.SETTLE_DELAY", 0.0)
+    recent = RecentChanges()
+    recent.record("customer", "7", "phone", "erp", T0 + timedelta(milliseconds=50), "E")
+    conflicting(both("newest"), recent)
+    assert recent.settled("erp") == [("customer", "7", "phone", 7)]
+    assert recent.settled("crm") == [("customer", "7", "phone", 7)]
+    assert recent.settled("erp") == []
