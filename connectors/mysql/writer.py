@@ -34,6 +34,7 @@ from pymysql.cursors import Cursor
 from agent.errors import AgentError, RowError, TransientError
 from agent.events import TableId
 from agent.ports import Write, WriteKind
+from connectors.keyruns import unique_key_parts
 from connectors.mysql import MysqlParams, connect_kwargs
 from connectors.mysql.catalog import load_columns, quote_ident, quote_table
 from connectors.mysql.errors import WriteRowError, classify
@@ -216,7 +217,7 @@ class MySink:
         stays deleted, unlike an upsert). A key appears once per statement, so several
         updates of one row apply in order, in consecutive statements.
         """
-        for part in _unique_key_parts(batch, UPDATE_ROWS_PER_STATEMENT):
+        for part in unique_key_parts(batch, UPDATE_ROWS_PER_STATEMENT):
             if len(part) == 1 or not self._update_rows(table, part):
                 for index, item in part:
                     self._single(index, item)
@@ -335,22 +336,6 @@ def _shape_of(indexed: tuple[int, Write]) -> tuple[TableId, WriteKind, object]:
     if item.kind is WriteKind.UPDATE and item.values:
         return item.table, item.kind, (tuple(item.key), tuple(item.values))
     return item.table, item.kind, indexed[0]  # never grouped
-
-
-def _unique_key_parts(batch: list[tuple[int, Write]],
-                      limit: int) -> Iterator[list[tuple[int, Write]]]:
-    """Consecutive parts of at most ``limit`` writes in which no key appears twice."""
-    part: list[tuple[int, Write]] = []
-    seen: set[tuple[object, ...]] = set()
-    for indexed in batch:
-        key = tuple(indexed[1].key.values())
-        if len(part) >= limit or key in seen:
-            yield part
-            part, seen = [], set()
-        part.append(indexed)
-        seen.add(key)
-    if part:
-        yield part
 
 
 def _update_join_sql(table: TableId, keys: list[str], columns: list[str], rows: int) -> str:

@@ -43,6 +43,7 @@ from psycopg.types.string import TextLoader
 from agent.errors import PermanentError, RowError, SchemaError, TransientError
 from agent.events import TableId
 from agent.ports import Write, WriteKind
+from connectors.keyruns import unique_key_parts
 from connectors.postgres.errors import translate
 from connectors.postgres.values import converter_for, to_param
 
@@ -272,7 +273,7 @@ class PgSink:
                 or not first.key.keys().isdisjoint(first.values)):  # a key that changes
             self._execute_run(conn, run)
             return
-        for part in _unique_keys(run):
+        for part in unique_key_parts(run):
             if len(part) >= COPY_MIN_ROWS:
                 self._copy_run(conn, [w for _, w in part])
             else:
@@ -346,21 +347,6 @@ class PgSink:
         if not pk:
             raise PermanentError(f"table {write.table} has no primary key to return")
         return pk
-
-
-def _unique_keys(run: list[tuple[int, Write]]) -> Iterator[list[tuple[int, Write]]]:
-    """``run`` cut into consecutive parts in which no key repeats."""
-    part: list[tuple[int, Write]] = []
-    seen: set[tuple[object, ...]] = set()
-    for item in run:
-        key = tuple(item[1].key.values())
-        if key in seen:
-            yield part
-            part, seen = [], set()
-        seen.add(key)
-        part.append(item)
-    if part:
-        yield part
 
 
 def _from_statement(write: Write, key_cols: list[str], cols: list[str],
