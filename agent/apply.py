@@ -306,12 +306,9 @@ class Applier:
         transaction, so a crash before the reverse pipeline's commit loses none."""
         if not remedies:
             return
-        # Conflict corrections are decided from what both pipelines have read so far and
-        # are re-decided by the next change of the field; reverts and key write-backs are
-        # not, so those are the ones kept durably.
-        durable = [r for r in remedies if r.reason != "conflict"]
-        if durable:
-            sink.write([outbox_write(self.state_schema, self._reverse, r) for r in durable])
+        stored = [r for r in remedies if r.stored]
+        if stored:
+            sink.write([outbox_write(self.state_schema, self._reverse, r) for r in stored])
         for remedy in remedies:
             self.exchange.send(self.direction, remedy)
 
@@ -328,7 +325,8 @@ class Applier:
         # row must see what those will have set (a chain of corrections, oldest first).
         ahead: dict[tuple[TableId, str, object], dict[str, object]] = {}
         for remedy in remedies:
-            self._handled.append(remedy.ident)
+            if remedy.stored:  # the others have no outbox row to mark done
+                self._handled.append(remedy.ident)
             if remedy.reason == MAP_REASON:  # a key pair: no row to expect anything of
                 writes.append(self.keymap.copy_write(remedy))
                 continue

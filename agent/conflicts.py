@@ -54,6 +54,13 @@ class Remedy:
     ident: str = field(default_factory=lambda: uuid.uuid4().hex)
     """Names the remedy's row in the outbox (agent.remedies)."""
 
+    @property
+    def stored(self) -> bool:
+        """Whether it goes through the outbox: reverts, key write-backs and key-map copies.
+        Conflict corrections are decided again by the field's next change and its settle
+        check (agent.rules), so they travel in memory only."""
+        return self.reason != "conflict"
+
 
 class RecentChanges:
     """When each side last changed a (entity, record, field), and to what: shared by both
@@ -69,7 +76,8 @@ class RecentChanges:
             OrderedDict())
         self._lock = threading.Lock()
         self._unsettled: dict[str, OrderedDict[tuple[str, str, str], tuple[float, object]]] = {}
-        self._history: OrderedDict[tuple[str, str, str, str], deque[object]] = OrderedDict()
+        self._written: OrderedDict[tuple[str, str, str, str],
+                                   deque[tuple[datetime, object]]] = OrderedDict()
 
     def record(self, entity: str, record: str, field: str, side: str, ts: datetime,
                value: object = None, *, last: bool = False) -> None:
@@ -77,28 +85,32 @@ class RecentChanges:
         the one noted last (what the agent wrote most recently, whatever its change time)."""
         key = (entity, record, field, side)
         with self._lock:
-            if last:
-                history = self._history.pop(key, None) or deque(maxlen=HISTORY)
-                history.append(value)
-                self._history[key] = history
-                while len(self._history) > self._capacity:
-                    self._history.popitem(last=False)
+            if last:  # the latest is the end of the recent writes
+                history = self._written.pop(key, None) or deque(maxlen=HISTORY)
+                history.append((ts, value))
+                self._written[key] = history
+                while len(self._written) > self._capacity:
+                    self._written.popitem(last=False)
+                return
             previous = self._entries.pop(key, None)
-            newer = last or previous is None or ts >= previous[0]
+            newer = previous is None or ts >= previous[0]
             self._entries[key] = (ts, value) if newer else previous  # type: ignore[assignment]
             while len(self._entries) > self._capacity:
                 self._entries.popitem(last=False)
 
     def latest(self, entity: str, record: str, field: str, side: str
                ) -> tuple[datetime, object] | None:
-        """The time and value of that side's last change of the field, if known."""
+        """The time and value of that side's last change of the field, if known (for a
+        side noted with ``last``: the last one noted)."""
+        key = (entity, record, field, side)
         with self._lock:
-            return self._entries.get((entity, record, field, side))
+            written = self._written.get(key)
+            return written[-1] if written else self._entries.get(key)
 
     def written(self, entity: str, record: str, field: str, side: str) -> list[object]:
         """The last values noted with ``last`` (what the agent wrote there lately)."""
         with self._lock:
-            return list(self._history.get((entity, record, field, side), ()))
+            return [value for _, value in self._written.get((entity, record, field, side), ())]
 
     # -- fields to check again once they are quiet -----------------------------------------
 

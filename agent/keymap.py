@@ -170,22 +170,24 @@ class KeyMap:
         """Record the pairs of the rows this batch created and drop those it deleted; returns
         the copies for the other system's map (also held until :meth:`release`)."""
         writes: list[Write] = []
-        held = len(self._held) if self._held_by is sink else 0
+        copies: list[Remedy] = []
         for index, route, row in result.links:
             if route.link is LinkKind.MAP:
-                writes += self._created(sink, route, row, result.writes[index],
-                                        generated.get(index))
+                writes += self._created(route, row, result.writes[index],
+                                        generated.get(index), copies)
         for write in result.writes:
             mapped = self.routes.get(write.entity)
             if (write.kind is WriteKind.DELETE and mapped is not None
                     and write.table == mapped.target_table):
-                writes += self._deleted(sink, mapped, write)
+                writes += self._deleted(mapped, write, copies)
         if writes:
             sink.write(writes)
-        return self._held[held:] if self._held_by is sink else []
+        if copies:
+            self._hold(sink, copies)
+        return copies
 
-    def _created(self, sink: Sink, route: Route, row: Row, insert: Write,
-                 generated: object) -> list[Write]:
+    def _created(self, route: Route, row: Row, insert: Write, generated: object,
+                 copies: list[Remedy]) -> list[Write]:
         source_key = row.get(route.source_key)
         # A key the target generated, or the one the INSERT gave it (a mapped field).
         target_key = generated if generated is not None else insert.values.get(route.target_key)
@@ -195,30 +197,30 @@ class KeyMap:
                         "for %s)", self.direction, route.entity, route.target_key)
             return []
         self.judge.remember_link(route.entity, source_key, str(target_key))
-        self._hold(sink, Remedy(self.table, ("ident", ident(route.entity, target_key)),
-                                pair_values(route.entity, source_key, target_key), {},
-                                route.entity, REASON))
+        copies.append(Remedy(self.table, ("ident", ident(route.entity, target_key)),
+                             pair_values(route.entity, source_key, target_key), {},
+                             route.entity, REASON))
         return [Write(self.table, WriteKind.UPSERT, {"ident": ident(route.entity, source_key)},
                       pair_values(route.entity, target_key, source_key), {}, route.entity,
                       str(source_key))]
 
-    def _deleted(self, sink: Sink, route: Route, delete: Write) -> list[Write]:
+    def _deleted(self, route: Route, delete: Write, copies: list[Remedy]) -> list[Write]:
         source_key = delete.source_key
         target_key = delete.key.get(route.locator)
         self.judge.forget_link(route.entity, source_key)
-        self._hold(sink, Remedy(self.table, ("ident", ident(route.entity, target_key)), {}, {},
-                                route.entity, REASON))
+        copies.append(Remedy(self.table, ("ident", ident(route.entity, target_key)), {}, {},
+                             route.entity, REASON))
         return [Write(self.table, WriteKind.DELETE, {"ident": ident(route.entity, source_key)},
                       {}, {}, route.entity, source_key)]
 
     # -- the other system's copy --------------------------------------------------------
 
-    def _hold(self, sink: Sink, remedy: Remedy) -> None:
-        """Keep a copy for the other system until this transaction commits (a rolled-back
+    def _hold(self, sink: Sink, copies: list[Remedy]) -> None:
+        """Keep copies for the other system until this transaction commits (a rolled-back
         pair must never reach it): :meth:`release` after the COMMIT on ``sink``."""
         if self._held_by is not sink:
             self._held, self._held_by = [], sink  # a new session: the old ones rolled back
-        self._held.append(remedy)
+        self._held += copies
 
     def release(self, sink: Sink) -> list[Remedy]:
         """The copies held for the transaction just committed on ``sink``."""

@@ -249,10 +249,12 @@ def _plan_create(route: Route, row: Row, key: object, result: Plan) -> bool:
 def _plan_field(route: Route, f: FieldRoute, change: RowChange, ts: dt.datetime | None,
                 key: object, current: Mapping[str, object], diff: dict[str, object],
                 result: Plan, judge: Judge) -> None:
+    if f.owner != "both" or f.conflict != "newest":  # the hot path of a catch-up
+        _plan_value(route, f, change, ts, str(key), current, diff, result, judge)
+        return
     before = len(result.conflicts) + len(result.remedies)
     _plan_value(route, f, change, ts, str(key), current, diff, result, judge)
-    if f.owner == "both" and f.conflict == "newest" and (
-            len(result.conflicts) + len(result.remedies) > before):
+    if len(result.conflicts) + len(result.remedies) > before:
         _unsettle(route, f, str(key), key, judge)
 
 

@@ -226,25 +226,25 @@ class Pauses:
         held = {id(r) for r in waiting}
         ready = [r for r in letters if id(r) not in held]
         now = datetime.now(UTC).replace(tzinfo=None)
-        updates = [Write(self.table, WriteKind.UPDATE, {"id": r["id"]},
-                         {"error_class": "waiting",
-                          "message": "waits behind an earlier change of this key"},
-                         {}, str(r["entity"]), str(r["key"])) for r in waiting]
-        updates += [Write(self.table, WriteKind.UPDATE, {"id": r["id"]},
-                          {"status": "retried", "resolved_at": now},
-                          {}, str(r["entity"]), str(r["key"])) for r in ready]
+        waits = [Write(self.table, WriteKind.UPDATE, {"id": r["id"]},
+                       {"error_class": "waiting",
+                        "message": "waits behind an earlier change of this key"},
+                       {}, str(r["entity"]), str(r["key"])) for r in waiting]
         # A long pause parks many changes: a target transaction per chunk, each marking its
         # letters retried, so a crash midway resumes after the last chunk committed.
-        for start in range(0, len(updates), RESUME_CHUNK):
-            chunk = updates[start:start + RESUME_CHUNK]
-            # updates = the waiting letters' first, then the ready ones' in order
-            applying = ready[max(0, start - len(waiting)):
-                             max(0, start + RESUME_CHUNK - len(waiting))]
+        chunks = [ready[i:i + RESUME_CHUNK] for i in range(0, len(ready), RESUME_CHUNK)]
+        for n, chunk in enumerate(chunks or [[]]):
+            marks = (waits if n == 0 else []) + [
+                Write(self.table, WriteKind.UPDATE, {"id": r["id"]},
+                      {"status": "retried", "resolved_at": now},
+                      {}, str(r["entity"]), str(r["key"])) for r in chunk]
+            if not marks:
+                continue
             sink.begin(self.direction)
             try:
-                if applying:
-                    applier.apply(sink, [letter_change(r) for r in applying])
-                applier.write(sink, chunk)
+                if chunk:
+                    applier.apply(sink, [letter_change(r) for r in chunk])
+                applier.write(sink, marks)
                 sink.commit(self.direction, position, datetime.now(UTC))
             except BaseException:
                 sink.rollback()

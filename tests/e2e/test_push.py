@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.agentproc import AgentProcess, AgentSetup
-from tests.e2e.schema import crm_rows, erp_rows
+from tests.e2e.schema import apply_ddl, crm_rows, erp_rows
 from tests.polling import wait_until
 from tests.servers import MariaDatabase, PgDatabase
 
@@ -85,13 +85,7 @@ class Shop:
 
 @pytest.fixture
 def shop(pg_db: PgDatabase, maria_db: MariaDatabase, tmp_path: Path) -> Iterator[Shop]:
-    with pg_db.connect() as conn:
-        conn.execute(CRM)
-    conn_m = maria_db.connect()
-    with conn_m.cursor() as cur:
-        for ddl in ERP:
-            cur.execute(ddl)
-    conn_m.close()
+    apply_ddl(pg_db, maria_db, CRM, ERP)
     setup = AgentSetup(tmp_path, "p" + format(random.getrandbits(40), "x"), pg_db, maria_db,
                        {"order": ORDER, "contact": CONTACT})
     setup.write()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.e2e.agentproc import AgentProcess, AgentSetup
-from tests.e2e.schema import crm_rows, erp_rows
+from tests.e2e.schema import apply_ddl, crm_rows, erp_rows
 from tests.e2e.test_push import CONTACT, CRM, ERP, ORDER, Shop
 from tests.polling import wait_until
 from tests.servers import MariaDatabase, PgDatabase
@@ -22,13 +22,7 @@ def _lsn(text: str) -> int:
 
 def test_scheduled_direction_stages_net_changes_until_the_window(
         pg_db: PgDatabase, maria_db: MariaDatabase, tmp_path: Path) -> None:
-    with pg_db.connect() as conn:
-        conn.execute(CRM)
-    conn_m = maria_db.connect()
-    with conn_m.cursor() as cur:
-        for ddl in ERP:
-            cur.execute(ddl)
-    conn_m.close()
+    apply_ddl(pg_db, maria_db, CRM, ERP)
     order: dict[str, Any] = copy.deepcopy(ORDER)
     order["schedule"] = {"crm_to_erp": "0 2 * * *"}
     setup = AgentSetup(tmp_path, "c" + format(random.getrandbits(40), "x"), pg_db, maria_db,
