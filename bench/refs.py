@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from psycopg import sql
@@ -104,57 +105,43 @@ def _my_single(my: MySide, seconds: float, run: int) -> float:
     return n / seconds
 
 
-def _my_many_update(my: MySide, rows: int, run: int) -> None:
+def _my_chunks(my: MySide, rows: int, apply: Callable[[Any, range], None]) -> None:
+    """Apply keys 1..rows in 500-row statements, committing every COMMIT_ROWS rows."""
     conn = my.connect(autocommit=False)
     try:
         with conn.cursor() as cur:
             for lo in range(1, rows + 1, 500):
-                cur.executemany(_MY_UPDATE, [[*v[1:], v[0]] for v in (
-                    row_values(k, run) for k in range(lo, min(rows, lo + 499) + 1))])
+                apply(cur, range(lo, min(rows, lo + 499) + 1))
                 if (lo + 499) % COMMIT_ROWS == 0:
                     conn.commit()
         conn.commit()
     finally:
         conn.close()
+
+
+def _my_many_update(my: MySide, rows: int, run: int) -> None:
+    _my_chunks(my, rows, lambda cur, keys: cur.executemany(
+        _MY_UPDATE, [[*v[1:], v[0]] for v in (row_values(k, run) for k in keys)]))
 
 
 def _my_upsert(my: MySide, rows: int, run: int) -> None:
     head = (f"INSERT INTO customers ({', '.join(_COLS)}) VALUES ")
     tail = " ON DUPLICATE KEY UPDATE " + ", ".join(f"`{c}` = VALUES(`{c}`)" for c in FIELDS)
     one = "(" + ", ".join(["%s"] * len(_COLS)) + ")"
-    conn = my.connect(autocommit=False)
-    try:
-        with conn.cursor() as cur:
-            for lo in range(1, rows + 1, 500):
-                keys = range(lo, min(rows, lo + 499) + 1)
-                args = [x for k in keys for x in row_values(k, run)]
-                cur.execute(head + ", ".join([one] * len(keys)) + tail, args)
-                if (lo + 499) % COMMIT_ROWS == 0:
-                    conn.commit()
-        conn.commit()
-    finally:
-        conn.close()
+    _my_chunks(my, rows, lambda cur, keys: cur.execute(
+        head + ", ".join([one] * len(keys)) + tail,
+        [x for k in keys for x in row_values(k, run)]))
 
 
 def _my_update_join(my: MySide, rows: int, run: int) -> None:
     from agent.events import TableId
     from connectors.mysql.writer import _update_join_sql
 
-    sql = _update_join_sql(TableId(my.name, "customers"), ["id"], list(FIELDS), 500)
-    conn = my.connect(autocommit=False)
-    try:
-        with conn.cursor() as cur:
-            for lo in range(1, rows + 1, 500):
-                keys = range(lo, min(rows, lo + 499) + 1)
-                if len(keys) < 500:
-                    sql = _update_join_sql(TableId(my.name, "customers"), ["id"], list(FIELDS),
-                                           len(keys))
-                cur.execute(sql, [x for k in keys for x in row_values(k, run)])
-                if (lo + 499) % COMMIT_ROWS == 0:
-                    conn.commit()
-        conn.commit()
-    finally:
-        conn.close()
+    def apply(cur: Any, keys: range) -> None:
+        sql = _update_join_sql(TableId(my.name, "customers"), ["id"], list(FIELDS), len(keys))
+        cur.execute(sql, [x for k in keys for x in row_values(k, run)])
+
+    _my_chunks(my, rows, apply)
 
 
 # --- reading -------------------------------------------------------------------------------
