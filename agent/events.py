@@ -12,6 +12,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 
 class Op(enum.Enum):
@@ -45,9 +46,12 @@ UNCHANGED = _Unchanged()
 Row = Mapping[str, object]
 
 
-@dataclass(frozen=True, slots=True)
-class TableId:
-    """A table: ``schema`` is the PostgreSQL schema or the MySQL database."""
+class TableId(NamedTuple):
+    """A table: ``schema`` is the PostgreSQL schema or the MySQL database.
+
+    A named tuple rather than a dataclass: every change is routed by its table, and a
+    tuple hashes and compares in C (a dataclass's ``__hash__``/``__eq__`` are Python calls).
+    """
 
     schema: str
     name: str

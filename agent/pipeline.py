@@ -231,8 +231,10 @@ class _Session:
         batch = self.batch
         if changes:
             ts = self._commit_time(item.commit_ts)
-            for change in changes:
-                rules.record_changes(self.p.routes, change, ts, self.p.applier.judge.recent)
+            if self.p.routes.shared:
+                for change in changes:
+                    rules.record_changes(self.p.routes, change, ts,
+                                         self.p.applier.judge.recent)
             if not item.final and not batch.in_partial and batch.txns > 0:
                 self._commit()  # a large transaction gets a target transaction of its own
             if not batch.pending():

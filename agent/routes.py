@@ -103,6 +103,16 @@ class Route:
     source: str = "source"  # system names
     target: str = "target"
     on_error: str = "quarantine"  # or "stop"
+    plain: tuple[bool, ...] = field(init=False, repr=False, compare=False)
+    """Per field: owned by the source and without a value map, so planning it is a plain
+    comparison (computed once: the catch-up hot path)."""
+    shared: tuple[FieldRoute, ...] = field(init=False, repr=False, compare=False)
+    """The fields both sides own (their changes are noted for ``conflict: newest``)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "plain", tuple(
+            f.owner == self.source and f.value_map is None for f in self.fields))
+        object.__setattr__(self, "shared", tuple(f for f in self.fields if f.owner == "both"))
 
     @property
     def locator(self) -> str:
@@ -141,6 +151,13 @@ class RouteTable:
 
     direction: str
     by_table: Mapping[TableId, tuple[Route, ...]]
+
+    shared: bool = field(init=False, repr=False, compare=False)
+    """Whether some field is owned by both sides (then changes are noted for ``newest``)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shared", any(
+            r.shared for rs in self.by_table.values() for r in rs))
 
     def routes_for(self, table: TableId) -> tuple[Route, ...]:
         return self.by_table.get(table, ())

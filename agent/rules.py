@@ -152,8 +152,12 @@ def plan(table: RouteTable, changes: Iterable[Change], view: TargetView,
         for route in routes:
             if change.op is Op.DELETE:
                 _plan_delete(route, change.old or {}, view, result, judge)
-            elif not _wait_for_link(route, change, ts, result, judge):
-                _plan_upsert(route, change, ts, view, result, judge)
+                continue
+            row = change.new or {}
+            key = route.locate(row)
+            if key is None and _wait_for_link(route, row, change, ts, result, judge):
+                continue
+            _plan_upsert(route, change, row, key, ts, view, result, judge)
     return result
 
 
@@ -163,11 +167,13 @@ def record_changes(table: RouteTable, change: RowChange, ts: dt.datetime,
     if change.op is Op.DELETE or change.new is None:
         return
     for route in table.routes_for(change.table):
+        if not route.shared:
+            continue
         record = route.noted(change.new)
         if record is None:
             continue
-        for f in route.fields:
-            if f.owner == "both" and _changed(f, change) is not False:
+        for f in route.shared:
+            if _changed(f, change) is not False:
                 recent.record(route.entity, str(record), f.name, route.source, ts,
                               change.new.get(f.source_column))
 
@@ -189,22 +195,18 @@ def _changed(f: FieldRoute, change: RowChange) -> bool | None:
     return old is not UNCHANGED and not same_value(old, new)
 
 
-def _wait_for_link(route: Route, change: RowChange, ts: dt.datetime | None, result: Plan,
-                   judge: Judge) -> bool:
-    """Defer a change of a row whose target key is being generated in this same round."""
-    row = change.new or {}
-    if route.locate(row) is not None:
-        return False
+def _wait_for_link(route: Route, row: Row, change: RowChange, ts: dt.datetime | None,
+                   result: Plan, judge: Judge) -> bool:
+    """Defer a change of a row (that shows no target key) whose target key is being
+    generated in this same round."""
     if judge.link_of(route.entity, row.get(route.source_key)) is _PENDING:
         result.deferred.append((change, ts))
         return True
     return False
 
 
-def _plan_upsert(route: Route, change: RowChange, ts: dt.datetime | None, view: TargetView,
-                 result: Plan, judge: Judge) -> None:
-    row = change.new or {}
-    key = route.locate(row)
+def _plan_upsert(route: Route, change: RowChange, row: Row, key: object,
+                 ts: dt.datetime | None, view: TargetView, result: Plan, judge: Judge) -> None:
     if key is None:
         key = judge.link_of(route.entity, row.get(route.source_key))
     if key is None:
@@ -217,8 +219,22 @@ def _plan_upsert(route: Route, change: RowChange, ts: dt.datetime | None, view: 
             view.put(route, key, result.writes[-1].values)
         return
     diff: dict[str, object] = {}
-    for f in route.fields:
-        _plan_field(route, f, change, ts, key, current, diff, result, judge)
+    for f, plain in zip(route.fields, route.plain, strict=True):
+        if not plain:
+            _plan_field(route, f, change, ts, key, current, diff, result, judge)
+            continue
+        # Inlined _plan_value for a source-owned field: the hot path of a catch-up.
+        value = row.get(f.source_column, UNCHANGED)
+        if value is UNCHANGED:
+            continue
+        now = current.get(f.target_column, _ABSENT)
+        kind = type(value)
+        if kind is type(now) and kind in _PLAIN:
+            if now == value:
+                continue
+        elif same_value(now, value):
+            continue
+        diff[f.target_column] = value
     if not diff:
         result.skipped["noop"] += 1
         return

@@ -140,6 +140,9 @@ class Pauses:
         self._paused: dict[str, str] = {}  # entity -> message, since a committed batch
         self._tentative: dict[str, str] = {}  # found in the open batch
         self._announced: set[str] = set()
+        # Per route (by id): the source columns an INSERT/UPDATE row, and a DELETE row,
+        # must carry.
+        self._needs: dict[int, tuple[Route, frozenset[str], frozenset[str]]] = {}
 
     # -- state ------------------------------------------------------------------------------
 
@@ -183,9 +186,28 @@ class Pauses:
     # -- the hot path -----------------------------------------------------------------------
 
     def affects(self, routes: RouteTable, buffer: Iterable[Buffered]) -> bool:
-        """Whether some change of ``buffer`` must be parked (no side effects)."""
-        return any(self._parks(route, change) for change, _, _ in buffer
-                   for route in routes.routes_for(change.table))
+        """Whether some change of ``buffer`` must be parked (no side effects).
+
+        Runs for every batch, so the columns each route needs are a set computed once and
+        compared with a row's keys in C.
+        """
+        paused = bool(self._paused or self._tentative)
+        needs = self._needs
+        for change, _, _ in buffer:
+            for route in routes.routes_for(change.table):
+                if paused and self.paused(route.entity):
+                    return True
+                delete = change.op is Op.DELETE
+                row = change.old if delete else change.new
+                if not row:
+                    continue
+                need = needs.get(id(route))
+                if need is None or need[0] is not route:
+                    need = needs[id(route)] = (route, frozenset(route_columns(route)),
+                                               frozenset([route.source_key]))
+                if not row.keys() >= (need[2] if delete else need[1]):
+                    return True
+        return False
 
     def parks(self, routes: RouteTable, change: RowChange) -> bool:
         """Whether ``change`` is parked: its entity is paused, or it shows that the entity's
@@ -198,9 +220,6 @@ class Pauses:
                 self.pause(drift, tentative=True)
                 return True
         return False
-
-    def _parks(self, route: Route, change: RowChange) -> bool:
-        return self.paused(route.entity) or bool(missing_columns(route, change))
 
     def letter(self, entity: str, key: str, change: RowChange, ts: datetime | None,
                position: str | None) -> Write:

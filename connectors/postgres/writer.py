@@ -287,7 +287,13 @@ class PgSink:
         key_cols = list(first.key)
         cols = [*key_cols, *(c for c in first.values if c not in first.key)]
         cols += [c for c in first.defaults if c not in cols]
-        rows = [[to_param(_value(w, c)) for c in cols] for w in writes]  # TypeError: RowError
+        if len(cols) == len(first.key) + len(first.values) + len(first.defaults):
+            # Disjoint key, values and defaults (the usual shape): each write's values in
+            # column order without a lookup per value (same shape: same dict orders).
+            rows = [list(map(to_param, (*w.key.values(), *w.values.values(),
+                                        *w.defaults.values()))) for w in writes]
+        else:
+            rows = [[to_param(_value(w, c)) for c in cols] for w in writes]
         name = self._temp_table(conn, first.table, tuple(cols))
         temp = sql.Identifier(name)
         cur = conn.cursor()
