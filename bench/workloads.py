@@ -112,15 +112,22 @@ def _all_applied(dst: Side, wanted: set[int]) -> bool:
     return wanted <= audit_times(dst).keys()
 
 
-def _apply_rate(dst: Side, key_column: str, rows: int, run: int, timeout: float) -> float:
-    """Rows/s applied, from the first visible commit of version ``run`` to the last row.
+def _apply_rate(dst: Side, key_column: str, rows: int, run: int, timeout: float,
+                pid: int | None = None) -> tuple[float, float]:
+    """Rows/s applied, from the first visible commit of version ``run`` to the last row,
+    and the CPU time process ``pid`` used per row meanwhile (us; 0 without ``pid``).
 
-    The rows already visible at the first sighting are not counted (nor their time).
+    The rows already visible at the first sighting are not counted (nor their time). CPU
+    per row is what the agent's own work costs: unlike rows/s it hardly moves when other
+    processes load the machine.
     """
     t_first = poll(lambda: dst.seq_of(1, key_column) == run, timeout, what="first change")
+    cpu_first = cpu_seconds(pid) if pid is not None else 0.0
     seen = dst.count_seq(run)
     t_last = poll(lambda: dst.seq_of(rows, key_column) == run, timeout, what="last change")
-    return (rows - seen) / max(t_last - t_first, 1e-6)
+    cpu = cpu_seconds(pid) - cpu_first if pid is not None else 0.0
+    applied = max(rows - seen, 1)
+    return applied / max(t_last - t_first, 1e-6), cpu / applied * 1e6
 
 
 def catchup(direction: str, rows: int, runs: int) -> Table:
@@ -133,12 +140,13 @@ def catchup(direction: str, rows: int, runs: int) -> Table:
             load.backlog(r.src, rows, run)
             if r.native is not None and r.native_dst is not None:
                 with running_native(r):
-                    native = _apply_rate(r.native_dst, "id", rows, run, 300)
+                    native = _apply_rate(r.native_dst, "id", rows, run, 300)[0]
                 table.add("native logical replication", native, "rows/s")
             proc = r.agent.start()
             try:
-                agent = _apply_rate(r.dst, "src_id", rows, run, 600)
+                agent, cpu = _apply_rate(r.dst, "src_id", rows, run, 600, proc.pid)
                 table.add("cdc-agent", agent, "rows/s")
+                table.add("cdc-agent CPU per row (user + system)", cpu, "us")
                 table.add("cdc-agent peak RSS (VmHWM)", proc.peak_rss_mb(), "MiB")
             finally:
                 proc.stop(60)
