@@ -99,6 +99,7 @@ class Applier:
         """Entities paused by a schema change (agent.schema_pause)."""
         self.keymap = KeyMap(direction, routes, judge, state_schema, peer)
         """Entities linked through the agent's key map (``link: {map: SIDE}``)."""
+        self._lock_cache: dict[tuple[TableId, str], bool] = {}
 
     def apply(self, sink: Sink, buffer: Sequence[Buffered]) -> rules.Plan:
         """Plan and write ``buffer``; returns the (last round's) plan for the counters.
@@ -236,7 +237,8 @@ class Applier:
                                                              self.judge).items():
             asked = list(keys)
             try:
-                found = sink.fetch(table, locator, asked, columns)
+                found = sink.fetch(table, locator, asked, columns,
+                                   lock=self._locks(table, locator))
             except SchemaError as error:
                 drift = fetch_drift(self.routes, table, error)
                 if drift is None:
@@ -249,6 +251,25 @@ class Applier:
         log.debug("%s: %d changes -> %d writes", self.direction, len(changes),
                   len(result.writes))
         return result
+
+    def _locks(self, table: TableId, locator: str) -> bool:
+        """Whether the rules' read of ``table``'s rows must lock them.
+
+        It must when a route writing there has a field that is not a plain source-owned one:
+        ownership and conflict rules decide on the target's values, so an application
+        write must not slip in between the read and the agent's write. When every field
+        goes from the source as it is, the outcome is the source's value whatever the
+        target held: a write that slips in is a change of a field the source owns, which
+        the reverse direction handles (revert or keep) either way; the plain read only
+        saves the no-op write. It spares the server a row lock (and its WAL) per row.
+        """
+        locks = self._lock_cache.get((table, locator))
+        if locks is None:
+            locks = self._lock_cache[(table, locator)] = any(
+                not all(route.plain) or route.link is LinkKind.MAP
+                for route in self.routes.routes
+                if route.target_table == table and route.locator == locator)
+        return locks
 
     def _known_links(self, sink: Sink, changes: Sequence[RowChange]) -> None:
         """Keys generated earlier for source rows that still show no link (the write-back may

@@ -88,9 +88,14 @@ class Sink(Protocol):
         """Abandon the open transaction, if any."""
 
     def fetch(
-        self, table: TableId, key_column: str, keys: Sequence[object], columns: Sequence[str]
+        self, table: TableId, key_column: str, keys: Sequence[object], columns: Sequence[str],
+        *, lock: bool = True,
     ) -> Mapping[object, Mapping[str, object]]:
-        """Current values of ``columns`` for the rows whose ``key_column`` is in ``keys``."""
+        """Current values of ``columns`` for the rows whose ``key_column`` is in ``keys``.
+
+        ``lock``: a locking read (the latest committed rows, locked until the transaction
+        ends) -- what decisions on the target's values need; False: a plain read.
+        """
 
     def close(self) -> None:
         """Disconnect; safe to call twice."""

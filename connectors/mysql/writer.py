@@ -293,8 +293,10 @@ class MySink:
     # -- reads ----------------------------------------------------------------------------
 
     def fetch(self, table: TableId, key_column: str, keys: Sequence[object],
-              columns: Sequence[str]) -> Mapping[object, Mapping[str, object]]:
-        """Current values of ``columns`` for the rows whose ``key_column`` is in ``keys``.
+              columns: Sequence[str], *, lock: bool = True
+              ) -> Mapping[object, Mapping[str, object]]:
+        """Current values of ``columns`` for the rows whose ``key_column`` is in ``keys``
+        (``lock``: a locking read, SELECT ... FOR UPDATE).
 
         Values use the reader's representation (:mod:`connectors.mysql.values`).
         """
@@ -305,7 +307,7 @@ class MySink:
         result: dict[object, Mapping[str, object]] = {}
         try:
             for chunk in _chunks(list(keys), FETCH_KEYS_PER_STATEMENT):
-                for row in self._select(table, key_column, wanted, chunk):
+                for row in self._select(table, key_column, wanted, chunk, lock):
                     # One dict per row; columns without a converter are taken as they are.
                     result[_apply(key_convert, row[0])] = {
                         c: v if f is None or v is None else f(v)
@@ -316,14 +318,14 @@ class MySink:
         return result
 
     def _select(self, table: TableId, key_column: str, wanted: list[str],
-                keys: list[object]) -> list[tuple[object, ...]]:
+                keys: list[object], lock: bool = True) -> list[tuple[object, ...]]:
         kind = self._column_defs(table).get(key_column)
         args = [to_param(kind.kind if kind else Kind.OTHER, k, self._zone) for k in keys]
         sql = (f"SELECT {_names(wanted)} FROM {quote_table(table)} WHERE"
                f" {quote_ident(key_column)} IN ({', '.join(['%s'] * len(keys))})"
                # A locking read: the latest committed rows, kept until the agent's write (the
                # rules decide on these values; a plain read could miss a concurrent change).
-               " FOR UPDATE")
+               + (" FOR UPDATE" if lock else ""))
         with self._cursor() as cur:
             cur.execute(sql, args)
             return list(cur.fetchall())

@@ -56,7 +56,7 @@ SESSION_OPTIONS = (
     " -c extra_float_digits=1 -c statement_timeout=0 -c idle_in_transaction_session_timeout=0"
 )
 _NAME = re.compile(r"^[a-z0-9_]{1,63}$")
-_FETCH_CHUNK = 1000
+_FETCH_CHUNK = 5000  # keys per read: one round trip per batch at the default batch size
 COPY_MIN_ROWS = 32
 _COPIED_KINDS = (WriteKind.UPDATE, WriteKind.UPSERT, WriteKind.DELETE)
 
@@ -176,9 +176,11 @@ class PgSink:
             self.close()
 
     def fetch(
-        self, table: TableId, key_column: str, keys: Sequence[object], columns: Sequence[str]
+        self, table: TableId, key_column: str, keys: Sequence[object], columns: Sequence[str],
+        *, lock: bool = True,
     ) -> Mapping[object, Mapping[str, object]]:
-        """Current values of ``columns`` for rows whose ``key_column`` is in ``keys``.
+        """Current values of ``columns`` for rows whose ``key_column`` is in ``keys``
+        (``lock``: SELECT ... FOR UPDATE).
 
         Values come back in the reader's representation (see :mod:`values`), keyed by the
         key column's value in that representation.
@@ -190,7 +192,7 @@ class PgSink:
             names = [key_column, *columns]
             for start in range(0, len(keys), _FETCH_CHUNK):
                 chunk = keys[start : start + _FETCH_CHUNK]
-                for key, values in self._select(conn, table, meta, names, chunk):
+                for key, values in self._select(conn, table, meta, names, chunk, lock):
                     result[key] = values
         return result
 
@@ -236,16 +238,19 @@ class PgSink:
         return meta
 
     def _select(
-        self, conn: Conn, table: TableId, meta: _TableMeta, names: list[str], keys: Sequence[object]
+        self, conn: Conn, table: TableId, meta: _TableMeta, names: list[str],
+        keys: Sequence[object], lock: bool = True,
     ) -> Iterator[tuple[object, dict[str, object]]]:
         """(key, {column: value}) per row found; the key column is the first of ``names``."""
         # FOR UPDATE: the rules decide on these values, so no other transaction may change
-        # the rows between this read and the agent's write (a lost update otherwise).
+        # the rows between this read and the agent's write (a lost update otherwise); the
+        # caller says when no decision depends on them beyond "already equal".
         # One array parameter (text, cast to the key's type: the same input function as an
         # untyped parameter): the query text is the same for every chunk, so it is parsed
         # and prepared once, not once per batch with a thousand placeholders.
         _oid(meta, table, names[0])
-        query = sql.SQL("SELECT {} FROM {} WHERE {} = ANY(%s::text[]::{}[]) FOR UPDATE").format(
+        query = sql.SQL("SELECT {} FROM {} WHERE {} = ANY(%s::text[]::{}[])" + (
+            " FOR UPDATE" if lock else "")).format(
             sql.SQL(", ").join(map(sql.Identifier, names)),
             sql.Identifier(table.schema, table.name),
             sql.Identifier(names[0]),

@@ -74,7 +74,8 @@ class CallSink:
         self.calls.append(("rollback", None))
 
     def fetch(self, table: TableId, key_column: str, keys: Sequence[object],
-              columns: Sequence[str]) -> Mapping[object, Mapping[str, object]]:
+              columns: Sequence[str], *, lock: bool = True
+              ) -> Mapping[object, Mapping[str, object]]:
         return {}
 
     def close(self) -> None:
@@ -182,7 +183,8 @@ class _RowSink(CallSink):
         self.row = row
 
     def fetch(self, table: TableId, key_column: str, keys: Sequence[object],
-              columns: Sequence[str]) -> Mapping[object, Mapping[str, object]]:
+              columns: Sequence[str], *, lock: bool = True
+              ) -> Mapping[object, Mapping[str, object]]:
         return {k: dict(self.row) for k in keys}
 
 
@@ -198,3 +200,36 @@ def test_a_chain_of_corrections_of_one_row_applies_in_order() -> None:
     stale = Remedy(SRC, ("id", 7), {"phone": "x"}, {"phone": "c1"}, "customer", "conflict")
     writes = a.remedy_writes(sink, [*chain, stale])
     assert [w.values for w in writes] == [{"phone": "e1"}, {"phone": "e2"}, {"phone": "e3"}]
+
+
+class _LockSink(_RowSink):
+    """Notes whether each read of the target's rows asked for a lock."""
+
+    def __init__(self) -> None:
+        super().__init__({"phone": "old", "street": "old"})
+        self.locks: list[bool] = []
+
+    def fetch(self, table: TableId, key_column: str, keys: Sequence[object],
+              columns: Sequence[str], *, lock: bool = True
+              ) -> Mapping[object, Mapping[str, object]]:
+        self.locks.append(lock)
+        return super().fetch(table, key_column, keys, columns, lock=lock)
+
+
+def _read_locks(*owners: str) -> list[bool]:
+    fields = tuple(FieldRoute(name, name, name, owner)
+                   for name, owner in zip(("phone", "street"), owners, strict=False))
+    route = Route("customer", "crm_to_erp", SRC, "id", DST, "no", LinkKind.TARGET_HOLDS_KEY,
+                  "crm_id", fields, source="crm", target="erp")
+    sink = _LockSink()
+    change = RowChange(SRC, Op.UPDATE, new={"id": 7, "phone": "new", "street": "new"})
+    applier(route).apply(sink, [(change, TS, "0/1")])
+    return sink.locks
+
+
+def test_rows_are_read_with_a_lock_only_where_a_rule_decides_on_them() -> None:
+    """Source-owned fields take the source's value whatever the target holds: a plain read
+    (no row lock) is enough; a field the target or both sides own needs the locking read."""
+    assert _read_locks("crm", "crm") == [False]
+    assert _read_locks("crm", "both") == [True]
+    assert _read_locks("erp") == [True]
