@@ -54,6 +54,7 @@ RECOVERY_HINT = "run `cdc-agent setup`, then `cdc-agent reconcile ENTITY --apply
 _NAME = re.compile(r"^[a-z0-9_]{1,63}$")
 _LOST_STATES = frozenset({"42704"})
 _ROW_MESSAGES = frozenset({b"I", b"U", b"D"})  # undefined_object: the slot does not exist
+_TEXT = converter_for(25)  # text: the identity
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,7 @@ class _RelInfo:
     names: tuple[str, ...]
     converters: tuple[Converter, ...]
     key_indexes: tuple[int, ...]
+    fast: tuple[Converter | None, ...] = ()  # the converters, None where text stays text
 
 
 @dataclass(slots=True)
@@ -105,6 +107,8 @@ def _rel_info(msg: pg.Relation) -> _RelInfo:
         names=tuple(c.name for c in cols),
         converters=tuple(converter_for(c.type_oid) for c in cols),
         key_indexes=tuple(i for i, c in enumerate(cols) if c.is_key),
+        fast=tuple(None if converter_for(c.type_oid) is _TEXT else converter_for(c.type_oid)
+                   for c in cols),
     )
 
 
@@ -314,6 +318,10 @@ class PgSource:
             if (txn is not None and txn.origin is not None and txn.origin in self._skip_origins
                     and frame[pg.XLOGDATA_HEADER : pg.XLOGDATA_HEADER + 1] in _ROW_MESSAGES):
                 return None
+            if txn is not None and not txn.skip:
+                change = self._fast_change(frame)
+                if change is not None:
+                    return self._add(txn, change)
             return self._on_message(pg.decode_message(frame, pg.XLOGDATA_HEADER))
         msg = pg.decode_copy_data(frame)
         if isinstance(msg, pg.Keepalive):
@@ -354,11 +362,7 @@ class PgSource:
                 raise TransientError("row change outside a transaction in the replication stream")
             if txn.skip:
                 return None
-            change = self._row_change(msg)
-            # Emit a full chunk only once another change exists, so a final chunk is never empty.
-            chunk = self._emit(txn, final=False) if len(txn.changes) >= self._chunk_rows else None
-            txn.changes.append(change)
-            return chunk
+            return self._add(txn, self._row_change(msg))
         if isinstance(msg, pg.Begin):
             self._txn = _OpenTxn(msg, skip=msg.final_lsn < self._start)
         elif isinstance(msg, pg.Commit):
@@ -393,6 +397,24 @@ class PgSource:
             final=final,
             extra=extra,
         )
+
+    def _add(self, txn: _OpenTxn, change: RowChange) -> Transaction | None:
+        # Emit a full chunk only once another change exists, so a final chunk is never empty.
+        chunk = self._emit(txn, final=False) if len(txn.changes) >= self._chunk_rows else None
+        txn.changes.append(change)
+        return chunk
+
+    def _fast_change(self, frame: bytes) -> RowChange | None:
+        """An INSERT, or an UPDATE without old row, decoded in one pass (the hot path);
+        None for every other message."""
+        found = pg.new_row_of(frame, pg.XLOGDATA_HEADER)
+        if found is None:
+            return None
+        rel = self._relations.get(found[0])
+        if rel is None:
+            return None  # the slow path says what is wrong
+        op = Op.INSERT if frame[pg.XLOGDATA_HEADER] == 0x49 else Op.UPDATE
+        return RowChange(rel.table, op, new=pg.decode_row(frame, found[1], rel.names, rel.fast))
 
     def _row_change(self, msg: pg.Insert | pg.Update | pg.Delete) -> RowChange:
         rel = self._relations.get(msg.relation_id)

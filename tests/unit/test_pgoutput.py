@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 
@@ -195,3 +196,52 @@ def test_lsn_parse_accepts_lower_case_and_orders_numerically() -> None:
 def test_lsn_parse_rejects_garbage(text: str) -> None:
     with pytest.raises(ValueError):
         pg.parse_lsn(text)
+
+
+# --- the one-pass row decoder (the reader's hot path) --------------------------------------
+
+ROW_NAMES = ("id", "name", "note", "big", "amount", "toast", "empty")
+ROW_CONVERTERS = (int, None, None, int, Decimal, None, None)
+ROW_VALUES: tuple[bytes | str | None, ...] = (
+    b"7", "Zoë 🦆 'quoted'".encode(), None, b"-9223372036854775808", b"0.30", "u", b"")
+
+
+def _two_step(buf: bytes, offset: int) -> dict[str, object]:
+    """What decode_message + converting each value gives (the reference)."""
+    msg = pg.decode_message(buf, offset)
+    assert isinstance(msg, pg.Insert | pg.Update)
+    return {n: v if v is None or v is UNCHANGED else (c or str)(v.decode())  # type: ignore[union-attr]
+            for n, c, v in zip(ROW_NAMES, ROW_CONVERTERS, msg.new, strict=True)}
+
+
+@pytest.mark.parametrize("kind", [b"I", b"U"])
+def test_one_pass_row_equals_decode_then_convert(kind: bytes) -> None:
+    buf = b"w" + bytes(24) + kind + struct.pack(">I", 16384) + b"N" + tuple_data(*ROW_VALUES)
+    found = pg.new_row_of(buf, pg.XLOGDATA_HEADER)
+    assert found == (16384, pg.XLOGDATA_HEADER + 6)
+    row = pg.decode_row(buf, found[1], ROW_NAMES, ROW_CONVERTERS)
+    assert row == _two_step(buf, pg.XLOGDATA_HEADER)
+    assert row["toast"] is UNCHANGED and row["note"] is None and row["empty"] == ""
+    assert row["amount"] == Decimal("0.30") and str(row["amount"]) == "0.30"
+
+
+@pytest.mark.parametrize("buf", [
+    b"U" + struct.pack(">I", 1) + b"K" + tuple_data(b"1") + b"N" + tuple_data(b"1"),
+    b"U" + struct.pack(">I", 1) + b"O" + tuple_data(b"1") + b"N" + tuple_data(b"1"),
+    b"D" + struct.pack(">I", 1) + b"K" + tuple_data(b"1"),
+    b"B" + struct.pack(">QqI", 1, TS_MICROS, 1),
+    b"I\0",
+])
+def test_other_messages_take_the_general_decoder(buf: bytes) -> None:
+    assert pg.new_row_of(buf, 0) is None
+
+
+@pytest.mark.parametrize("tail", [
+    tuple_data(*ROW_VALUES)[:-3],  # a value cut short
+    tuple_data(*ROW_VALUES[:3]),  # fewer columns than the relation has
+    struct.pack(">H", 7) + b"x",  # an unknown column kind
+])
+def test_one_pass_row_rejects_malformed_tuples(tail: bytes) -> None:
+    buf = b"I" + struct.pack(">I", 1) + b"N" + tail
+    with pytest.raises(pg.DecodeError):
+        pg.decode_row(buf, 6, ROW_NAMES, ROW_CONVERTERS)
