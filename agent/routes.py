@@ -108,10 +108,16 @@ class Route:
     comparison (computed once: the catch-up hot path)."""
     shared: tuple[FieldRoute, ...] = field(init=False, repr=False, compare=False)
     """The fields both sides own (their changes are noted for ``conflict: newest``)."""
+    columns: tuple[tuple[str, str, FieldRoute | None], ...] = field(
+        init=False, repr=False, compare=False)
+    """Per field: (source column, target column, None for a plain field, else the field)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "plain", tuple(
             f.owner == self.source and f.value_map is None for f in self.fields))
+        object.__setattr__(self, "columns", tuple(
+            (f.source_column, f.target_column, None if plain else f)
+            for f, plain in zip(self.fields, self.plain, strict=True)))
         object.__setattr__(self, "shared", tuple(f for f in self.fields if f.owner == "both"))
 
     @property

@@ -219,22 +219,21 @@ def _plan_upsert(route: Route, change: RowChange, row: Row, key: object,
             view.put(route, key, result.writes[-1].values)
         return
     diff: dict[str, object] = {}
-    for f, plain in zip(route.fields, route.plain, strict=True):
-        if not plain:
+    get, held = row.get, current.get
+    for source_column, target_column, f in route.columns:
+        if f is not None:
             _plan_field(route, f, change, ts, key, current, diff, result, judge)
             continue
-        # Inlined _plan_value for a source-owned field: the hot path of a catch-up.
-        value = row.get(f.source_column, UNCHANGED)
+        # Inlined _plan_value for a plain source-owned field: the hot path of a catch-up.
+        # same_value implies ==, so a value that is not == differs at once.
+        value = get(source_column, UNCHANGED)
         if value is UNCHANGED:
             continue
-        now = current.get(f.target_column, _ABSENT)
-        kind = type(value)
-        if kind is type(now) and kind in _PLAIN:
-            if now == value:
-                continue
-        elif same_value(now, value):
+        now = held(target_column, _ABSENT)
+        if now == value and ((type(now) is type(value) and type(value) in _PLAIN)
+                             or same_value(now, value)):
             continue
-        diff[f.target_column] = value
+        diff[target_column] = value
     if not diff:
         result.skipped["noop"] += 1
         return

@@ -33,6 +33,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from itertools import groupby
 from typing import cast
 
@@ -59,6 +60,8 @@ _NAME = re.compile(r"^[a-z0-9_]{1,63}$")
 _FETCH_CHUNK = 5000  # keys per read: one round trip per batch at the default batch size
 COPY_MIN_ROWS = 32
 _COPIED_KINDS = (WriteKind.UPDATE, WriteKind.UPSERT, WriteKind.DELETE)
+_AS_IS = frozenset({str, int, Decimal, type(None)})
+"""Types COPY gets as they are: psycopg writes the same text as to_param (str(value))."""
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -295,8 +298,9 @@ class PgSink:
         if len(cols) == len(first.key) + len(first.values) + len(first.defaults):
             # Disjoint key, values and defaults (the usual shape): each write's values in
             # column order without a lookup per value (same shape: same dict orders).
-            rows = [list(map(to_param, (*w.key.values(), *w.values.values(),
-                                        *w.defaults.values()))) for w in writes]
+            rows = [[v if type(v) in _AS_IS else to_param(v)
+                     for v in (*w.key.values(), *w.values.values(), *w.defaults.values())]
+                    for w in writes]
         else:
             rows = [[to_param(_value(w, c)) for c in cols] for w in writes]
         name = self._temp_table(conn, first.table, tuple(cols))

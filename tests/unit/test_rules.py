@@ -133,6 +133,27 @@ def test_equal_values_are_not_written() -> None:
     assert plan.writes == [] and plan.skipped["noop"] == 1
 
 
+class _Text(str):
+    """A str subclass (like the connectors' JsonText): equal text, another type."""
+
+
+@pytest.mark.parametrize(("held", "sent", "written"), [
+    (Decimal("5.00"), 5, False),  # numbers across engines' types: the same value
+    (1, True, False),  # MySQL's tinyint 1 is true
+    (b"\x00'", bytearray(b"\x00'"), False),
+    (_Text("{}"), "{}", True),  # == but not the same type: written
+    (datetime(2026, 1, 1), datetime(2026, 1, 1, tzinfo=UTC), True),  # naive vs aware
+    (None, "", True),
+    ("x", "x ", True),
+])
+def test_a_source_owned_field_is_a_no_op_exactly_when_the_values_are_the_same(
+        held: object, sent: object, written: bool) -> None:
+    """The hot path's inlined comparison agrees with ``same_value`` across engines' types."""
+    assert rules.same_value(held, sent) is not written
+    plan = run([update({"c_name": sent})], {7: {"e_name": held}})
+    assert [w.values for w in plan.writes] == ([{"e_name": sent}] if written else [])
+
+
 @pytest.mark.parametrize("policy", ["revert", "keep"])
 def test_target_owned_field_changed_on_the_source_is_recorded_and_reverted_or_kept(
         policy: str) -> None:
