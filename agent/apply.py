@@ -274,6 +274,8 @@ class Applier:
     def _known_links(self, sink: Sink, changes: Sequence[RowChange]) -> None:
         """Keys generated earlier for source rows that still show no link (the write-back may
         have been lost in a crash): found in the target's links table, so no twin is made."""
+        if not any(r.link is LinkKind.SOURCE_HOLDS_KEY for r in self.routes.routes):
+            return  # only a key the target generates is linked that way
         asked = {f"{route.entity}:{row.get(route.source_key)}": (route.entity, row)
                  for change in changes for route in self.routes.routes_for(change.table)
                  if route.link is not LinkKind.MAP

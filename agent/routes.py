@@ -111,21 +111,18 @@ class Route:
     columns: tuple[tuple[str, str, FieldRoute | None], ...] = field(
         init=False, repr=False, compare=False)
     """Per field: (source column, target column, None for a plain field, else the field)."""
+    locator: str = field(init=False, repr=False, compare=False)
+    """The target column that identifies the row."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "locator", self.link_column
+                           if self.link is LinkKind.TARGET_HOLDS_KEY else self.target_key)
         object.__setattr__(self, "plain", tuple(
             f.owner == self.source and f.value_map is None for f in self.fields))
         object.__setattr__(self, "columns", tuple(
             (f.source_column, f.target_column, None if plain else f)
             for f, plain in zip(self.fields, self.plain, strict=True)))
         object.__setattr__(self, "shared", tuple(f for f in self.fields if f.owner == "both"))
-
-    @property
-    def locator(self) -> str:
-        """The target column that identifies the row."""
-        if self.link is LinkKind.TARGET_HOLDS_KEY:
-            return self.link_column
-        return self.target_key
 
     def locate(self, row: Row) -> object:
         """The locator value for a source row (None: the row has no target counterpart yet,
