@@ -81,7 +81,8 @@ class FakeSink:
         self.stored = stored
 
     def fetch(self, table: TableId, key_column: str, keys: Sequence[object],
-              columns: Sequence[str]) -> Mapping[object, Mapping[str, object]]:
+              columns: Sequence[str], *, lock: bool = True
+              ) -> Mapping[object, Mapping[str, object]]:
         return {k: self.stored[k] for k in keys if k in self.stored}
 
 
