@@ -390,3 +390,26 @@ def test_every_type_round_trips_through_the_copy_path(db: PgDatabase) -> None:
         for col, expected in values.items():
             got = fetched[i][col]
             assert same(got, expected, col), f"{col}: {got!r} != {expected!r}"
+
+
+def test_a_copied_run_looks_target_rows_up_by_key_not_by_scanning_the_table(
+        db: PgDatabase, sink: PgSink) -> None:
+    """With the target's statistics known and none for the batch's temporary table, the
+    planner would hash the whole target (a scan per batch); each row is found by its key."""
+    with db.connect() as conn:
+        conn.execute("INSERT INTO accounts SELECT i, 'n' || i FROM generate_series(1, 20000) i")
+        conn.execute("ANALYZE accounts")
+    n = COPY_MIN_ROWS * 2
+    sink.begin("d")
+    sink.write([Write(ACCOUNTS, WriteKind.UPDATE, {"id": i}, {"name": f"u{i}"})
+                for i in range(1, n + 1)])
+    sink.write([Write(ACCOUNTS, WriteKind.DELETE, {"id": i}, {}) for i in range(n + 1, 2 * n + 1)])
+    conn = sink._connection()  # the sink's own session: its transaction's counters
+    scans = conn.execute("SELECT seq_scan, idx_scan FROM pg_stat_xact_user_tables"
+                         " WHERE relname = 'accounts'").fetchone()
+    settings = conn.execute("SELECT current_setting('enable_hashjoin'),"
+                            " current_setting('enable_mergejoin')").fetchone()
+    sink.commit("d", "0/1", TS)
+    assert scans is not None and scans[0] == 0 and scans[1] > 0, scans
+    assert settings == ("on", "on")  # the planner settings are back for the rest
+    assert len(rows(db)) == 20000 - n and rows(db)[0] == (1, "u1", None)
