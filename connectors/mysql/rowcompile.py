@@ -104,8 +104,8 @@ def _values(src: _Source, columns: Sequence[Column], nulls: int, indent: int) ->
     _fixed_run(src, columns, run, indent)
     items = []
     for index, column in enumerate(columns):
-        assert isinstance(column.name, str)
-        items.append(f"{column.name!r}: {'None' if nulls >> index & 1 else f'v{index}'}")
+        # repr() of a str is a string literal whatever the name holds.
+        items.append(f"{str(column.name)!r}: {'None' if nulls >> index & 1 else f'v{index}'}")
     return "{" + ", ".join(items) + "}"
 
 

@@ -98,3 +98,13 @@ def test_a_truncated_image_is_an_error() -> None:
     body = _image(0, 1, "a", "1.00", 1) + b"\xf0\x01"
     with pytest.raises((ValueError, IndexError, struct.error)):
         codec.changes(body, 0, len(body), TABLE, Op.INSERT)
+
+
+def test_column_names_are_only_ever_string_literals_in_the_compiled_code() -> None:
+    name = "a'b\"c\\\n}) or __import__('os')#"
+    columns = [SimpleNamespace(name=name, type=1, unsigned=True)]
+    codec = compile_codec(columns, {name: Kind.UINT}, {}, UTC)
+    assert codec is not None
+    body = bytes([0xFE, 200])
+    (change,) = codec.changes(body, 0, len(body), TABLE, Op.INSERT)
+    assert change.new is not None and dict(change.new) == {name: 200}
