@@ -214,6 +214,9 @@ class BinlogStream:
         self._connections: list[pymysql.connections.Connection[Any]] = []
         self._catalog_conn: pymysql.connections.Connection[Any] | None = None
         self._decoders: dict[tuple[object, ...], RowDecoder] = {}
+        # The decoder of the last rows event and the table-map column list it was found for
+        # (the library keeps one list per table map, shared by the events that follow it).
+        self._last_decoder: tuple[list[Any], RowDecoder] | None = None
         settings = connect_kwargs(params)
         # A dead connection is noticed after missing about three heartbeats.
         settings["read_timeout"] = int(heartbeat * 3) + 1
@@ -310,6 +313,7 @@ class BinlogStream:
         if query != "COMMIT":
             # DDL (or another standalone statement): table layouts may have changed.
             self._decoders.clear()
+            self._last_decoder = None
         return TxCommit(*self._position(), ts)
 
     def _rows(self, event: Any) -> TxRows | None:
@@ -343,6 +347,9 @@ class BinlogStream:
         return TxRows(table, changes)
 
     def _decoder(self, table: TableId, columns: list[Any]) -> RowDecoder:
+        last = self._last_decoder
+        if last is not None and last[0] is columns:
+            return last[1]
         # Everything a decoder depends on: a layout change without DDL in between (e.g. a
         # table id reused after a server restart) still gets a decoder of its own.
         key = (table, tuple(map(_layout, columns)))
@@ -351,6 +358,7 @@ class BinlogStream:
             decoder = RowDecoder(table, columns, self._catalog(table), self._zone,
                                  fast=self._fast_rows)
             self._decoders[key] = decoder
+        self._last_decoder = (columns, decoder)
         return decoder
 
     def _catalog(self, table: TableId) -> dict[str, ColumnDef]:
@@ -394,14 +402,9 @@ def _fast_changes(codec: RowCodec, table: TableId, event: Any) -> tuple[RowChang
     if getattr(wrapper, "_BinLogPacketWrapper__data_buffer", b""):
         return None  # the library holds bytes it pushed back: positions would not match
     raw = wrapper.packet
-    images = codec.images(raw._data, raw._position, _EVENT_HEADER + event.event_size,
-                          2 if update else 1)
-    if update:
-        return tuple(RowChange(table, Op.UPDATE, new=after, old=before)
-                     for before, after in images)
-    if isinstance(event, WriteRowsEvent):
-        return tuple(RowChange(table, Op.INSERT, new=row) for (row,) in images)
-    return tuple(RowChange(table, Op.DELETE, old=row) for (row,) in images)
+    op = Op.UPDATE if update else Op.INSERT if isinstance(event, WriteRowsEvent) else Op.DELETE
+    return tuple(codec.changes(raw._data, raw._position, _EVENT_HEADER + event.event_size,
+                               table, op))
 
 
 class _Stopped(Exception):

@@ -90,11 +90,14 @@ class TransactionAssembler:
             return
         if self.skipping:
             return
-        for change in changes:
+        done = 0
+        while done < len(changes):
             # Flush before adding, so the final chunk of a transaction with rows is never empty.
             if len(self._changes) >= self._chunk_rows:
                 yield self._chunk()
-            self._changes.append(change)
+            room = self._chunk_rows - len(self._changes)
+            self._changes.extend(changes[done : done + room])
+            done += room
 
     @property
     def skipping(self) -> bool:

@@ -17,6 +17,7 @@ from agent.events import Op, RowChange, TableId
 from connectors.mysql import MysqlParams
 from connectors.mysql.binlog import BinlogStream, TxCommit, TxRows
 from connectors.mysql.rowcodec import RowCodec
+from connectors.mysql.rowcompile import Column
 from tests.servers import MariaDatabase
 
 COLUMNS = """
@@ -184,7 +185,25 @@ def test_minimal_row_images_fall_back_to_the_library(maria_db: MariaDatabase) ->
 
 
 def test_a_row_image_overrunning_the_event_is_an_error() -> None:
-    codec = RowCodec(["a"], [lambda buf, pos: (buf[pos], pos + 1)])
+    codec = RowCodec([Column("a", lambda buf, pos: (buf[pos], pos + 1))])
     body: Any = bytes([0, 5, 0])  # null bitmap + value, then a truncated second image
     with pytest.raises((ValueError, IndexError)):
-        codec.images(body, 0, len(body), 1)
+        codec.changes(body, 0, len(body), TableId("s", "t"), Op.INSERT)
+
+
+def test_every_null_pattern_decodes_as_the_library_does(maria_db: MariaDatabase) -> None:
+    # 64 NULL bitmaps: the first ones get a compiled decoder, the rest the per-column readers.
+    values = ["7", "'tëxt'", "-1234.5", "2.5", "'2024-01-02 03:04:05.678'", "'b'"]
+    rows = []
+    for pattern in range(64):
+        row = [v if not pattern >> i & 1 else "NULL" for i, v in enumerate(values)]
+        rows.append(f"({100 + pattern}, {', '.join(row)})")  # copied as ids 1100..1163
+    start, stop = _table_and_changes(
+        maria_db, "id int PRIMARY KEY, i int, v varchar(100), d decimal(20,3), f double,"
+        " dt datetime(3), e enum('a','b')", rows,
+        ["UPDATE t SET id = id + 100000, i = NULL WHERE id >= 10"])
+    fast, used = _read(maria_db, start, stop, fast=True)
+    slow, _ = _read(maria_db, start, stop, fast=False)
+    assert used and all(used)
+    assert sum(1 for c in fast if c.new is not None and c.new["v"] is None) >= 64
+    _check_equal(fast, slow)
