@@ -38,11 +38,14 @@ from connectors.keyruns import unique_key_parts
 from connectors.mysql import MysqlParams, connect_kwargs
 from connectors.mysql.catalog import load_columns, quote_ident, quote_table
 from connectors.mysql.errors import WriteRowError, classify
+from connectors.mysql.jsonrows import decimal_positions, json_readable, json_rows, json_select
 from connectors.mysql.literals import Literal, literal, quote_text
 from connectors.mysql.values import ColumnDef, Kind, converter, to_param
 
 SQL_MODE = "STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE,ERROR_FOR_DIVISION_BY_ZERO"
-_INIT = f"SET SESSION sql_mode='{SQL_MODE}', time_zone='+00:00'"
+# group_concat_max_len also bounds JSON_ARRAYAGG on MariaDB (fetch reads rows as one document).
+_INIT = (f"SET SESSION sql_mode='{SQL_MODE}', time_zone='+00:00',"
+         " group_concat_max_len = 4294967295")
 UPSERT_ROWS_PER_STATEMENT = 500
 UPDATE_ROWS_PER_STATEMENT = 500
 FETCH_KEYS_PER_STATEMENT = 1000
@@ -61,6 +64,7 @@ class MySink:
         # Literal writers by (table, NO_BACKSLASH_ESCAPES in the session), then column.
         self._literals: dict[tuple[TableId, bool], dict[str, Literal]] = {}
         self._in_tx = False
+        self._mariadb = False
         self.last_insert_ids: dict[int, int] = {}
 
     # -- connection -----------------------------------------------------------------------
@@ -78,6 +82,8 @@ class MySink:
             raise classify(exc, context=f"connect to {self._params.host}") from exc
         self._in_tx = False
         self._literals = {}  # they escape through the connection
+        # The handshake's version string, e.g. "10.11.6-MariaDB-log" (untyped in the stubs).
+        self._mariadb = "mariadb" in str(getattr(self._conn, "server_version", "")).lower()
 
     def close(self) -> None:
         """Disconnect (an open transaction is rolled back by the server); safe to call twice."""
@@ -336,9 +342,18 @@ class MySink:
         wanted = [key_column, *columns]
         convert = [converter(defs[c].kind, self._zone) if c in defs else None for c in wanted]
         key_convert, named = convert[0], list(zip(columns, convert[1:], strict=True))
+        described = [defs.get(c) for c in wanted]
+        # Reading as JSON, the values need none of the converters (jsonrows says why).
+        decimals = decimal_positions(described) if json_readable(described) else None
         result: dict[object, Mapping[str, object]] = {}
         try:
             for chunk in _chunks(list(keys), FETCH_KEYS_PER_STATEMENT):
+                rows = (None if decimals is None or not self._mariadb else
+                        self._select_json(table, key_column, wanted, chunk, decimals))
+                if rows is not None:
+                    for values in rows:
+                        result[values[0]] = dict(zip(columns, values[1:], strict=True))
+                    continue
                 for row in self._select(table, key_column, wanted, chunk):
                     # One dict per row; columns without a converter are taken as they are.
                     result[_apply(key_convert, row[0])] = {
@@ -351,15 +366,29 @@ class MySink:
 
     def _select(self, table: TableId, key_column: str, wanted: list[str],
                 keys: list[object]) -> list[tuple[object, ...]]:
-        write = self._literal_writers(table, [key_column])[0]
-        sql = (f"SELECT {_names(wanted)} FROM {quote_table(table)} WHERE"
-               f" {quote_ident(key_column)} IN ({', '.join([write(k) for k in keys])})"
-               # A locking read: the latest committed rows, kept until the agent's write (the
-               # rules decide on these values; a plain read could miss a concurrent change).
-               " FOR UPDATE")
         with self._cursor() as cur:
-            cur.execute(sql)
+            cur.execute(self._locking_read(table, key_column, _names(wanted), keys))
             return list(cur.fetchall())
+
+    def _select_json(self, table: TableId, key_column: str, wanted: list[str],
+                     keys: list[object], decimals: list[int]) -> list[list[object]] | None:
+        """The rows as one JSON document (MariaDB); None if it was cut short by a limit."""
+        select = json_select([quote_ident(c) for c in wanted])
+        with self._cursor() as cur:
+            cur.execute(self._locking_read(table, key_column, select, keys))
+            found = cur.fetchone()
+        if found is None:
+            return None
+        return json_rows(int(found[0]), found[1], decimals)
+
+    def _locking_read(self, table: TableId, key_column: str, select: str,
+                      keys: list[object]) -> str:
+        write = self._literal_writers(table, [key_column])[0]
+        return (f"SELECT {select} FROM {quote_table(table)} WHERE"
+                f" {quote_ident(key_column)} IN ({', '.join([write(k) for k in keys])})"
+                # A locking read: the latest committed rows, kept until the agent's write (the
+                # rules decide on these values; a plain read could miss a concurrent change).
+                " FOR UPDATE")
 
 
 def _shape_of(indexed: tuple[int, Write]) -> tuple[TableId, WriteKind, object]:

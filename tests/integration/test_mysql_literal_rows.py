@@ -106,3 +106,39 @@ def test_multi_row_upserts_and_updates_store_what_single_rows_store(
     assert _rows(maria_db, "batched") == _rows(maria_db, "single")
     assert fetched[2]["label"] == TEXTS[3 % len(TEXTS)]
     assert fetched[2]["raw"] == b"\x00\x27\x5c\x22\xff\x03"
+
+
+JSON_DDL = """CREATE TABLE readable (
+    id int PRIMARY KEY, code varchar(300) UNIQUE, fixed char(4), amount decimal(12,2),
+    whole decimal(10,0), huge decimal(65,30), big bigint unsigned, neg bigint, tiny tinyint(1),
+    mid mediumint unsigned, mood enum('ok','bad'), latin varchar(10) CHARACTER SET latin1)
+    DEFAULT CHARSET=utf8mb4"""
+ALL_CHARS = "".join(chr(c) for c in range(128)) + "é😀\u2028\u2029\ufeff𝄞"
+
+
+def test_fetch_reads_exact_values_of_every_json_readable_type(
+        maria_db: MariaDatabase, sink: MySink) -> None:
+    with maria_db.connect() as conn, conn.cursor() as cur:
+        cur.execute(JSON_DDL)
+    t = TableId(maria_db.name, "readable")
+    rows: dict[int, dict[str, object]] = {
+        1: {"code": ALL_CHARS, "fixed": "ab", "amount": Decimal("-0.05"), "whole": Decimal(7),
+            "huge": Decimal("-12345678901234567890.123456789012345678901234567890"),
+            "big": 2**64 - 1, "neg": -(2**63), "tiny": 1, "mid": 2**24 - 1, "mood": "bad",
+            "latin": "Ä'\\"},
+        2: {"code": "", "fixed": "", "amount": Decimal("0.00"), "whole": Decimal(0),
+            "huge": Decimal("0E-30"), "big": 0, "neg": 0, "tiny": 0, "mid": 0, "mood": "ok",
+            "latin": ""},
+        3: dict.fromkeys(("code", "fixed", "amount", "whole", "huge", "big", "neg", "tiny",
+                          "mid", "mood", "latin")),
+    }
+    sink.begin("a_to_b")
+    sink.write([Write(t, WriteKind.UPSERT, {"id": k}, v) for k, v in rows.items()])
+    by_id = sink.fetch(t, "id", [1, 2, 3, 4], list(rows[1]))
+    by_code = sink.fetch(t, "code", [ALL_CHARS, ""], ["id", "huge"])
+    sink.commit("a_to_b", "mysql-bin.000001:6", datetime.now(UTC))
+    assert by_id == rows  # row 4 does not exist
+    for k, values in rows.items():  # same types and digits too, not only equal
+        assert [repr(v) for v in by_id[k].values()] == [repr(v) for v in values.values()]
+    assert by_code == {ALL_CHARS: {"id": 1, "huge": rows[1]["huge"]},
+                       "": {"id": 2, "huge": rows[2]["huge"]}}
