@@ -404,6 +404,13 @@ def _row_text(literals: list[Literal], values: list[object]) -> str:
     return ", ".join([f(v) for f, v in zip(literals, values, strict=True)])
 
 
+def _update_join_sql(table: TableId, keys: list[str], columns: list[str], rows: int) -> str:
+    """:func:`_update_join_text` with ``%s`` placeholders (bench.refs runs it with PyMySQL
+    parameters, as the reference for this statement form)."""
+    placeholders = ["%s"] * (len(keys) + len(columns))
+    return _update_join_text(table, keys, columns, [placeholders] * rows)
+
+
 def _update_join_text(table: TableId, keys: list[str], columns: list[str],
                       rows: list[list[str]]) -> str:
     """``UPDATE t JOIN (SELECT 1 AS k0, 'a' AS v0 UNION ALL SELECT 2, 'b' ...) v ON ... SET ...``
