@@ -333,8 +333,10 @@ class MySink:
     # -- reads ----------------------------------------------------------------------------
 
     def fetch(self, table: TableId, key_column: str, keys: Sequence[object],
-              columns: Sequence[str]) -> Mapping[object, Mapping[str, object]]:
-        """Current values of ``columns`` for the rows whose ``key_column`` is in ``keys``.
+              columns: Sequence[str], *, lock: bool = True
+              ) -> Mapping[object, Mapping[str, object]]:
+        """Current values of ``columns`` for the rows whose ``key_column`` is in ``keys``
+        (``lock``: a locking read, SELECT ... FOR UPDATE).
 
         Values use the reader's representation (:mod:`connectors.mysql.values`).
         """
@@ -349,12 +351,12 @@ class MySink:
         try:
             for chunk in _chunks(list(keys), FETCH_KEYS_PER_STATEMENT):
                 rows = (None if decimals is None or not self._mariadb else
-                        self._select_json(table, key_column, wanted, chunk, decimals))
+                        self._select_json(table, key_column, wanted, chunk, decimals, lock))
                 if rows is not None:
                     for values in rows:
                         result[values[0]] = dict(zip(columns, values[1:], strict=True))
                     continue
-                for row in self._select(table, key_column, wanted, chunk):
+                for row in self._select(table, key_column, wanted, chunk, lock):
                     # One dict per row; columns without a converter are taken as they are.
                     result[_apply(key_convert, row[0])] = {
                         c: v if f is None or v is None else f(v)
@@ -365,30 +367,31 @@ class MySink:
         return result
 
     def _select(self, table: TableId, key_column: str, wanted: list[str],
-                keys: list[object]) -> list[tuple[object, ...]]:
+                keys: list[object], lock: bool = True) -> list[tuple[object, ...]]:
         with self._cursor() as cur:
-            cur.execute(self._locking_read(table, key_column, _names(wanted), keys))
+            cur.execute(self._read(table, key_column, _names(wanted), keys, lock))
             return list(cur.fetchall())
 
     def _select_json(self, table: TableId, key_column: str, wanted: list[str],
-                     keys: list[object], decimals: list[int]) -> list[list[object]] | None:
+                     keys: list[object], decimals: list[int],
+                     lock: bool) -> list[list[object]] | None:
         """The rows as one JSON document (MariaDB); None if it was cut short by a limit."""
         select = json_select([quote_ident(c) for c in wanted])
         with self._cursor() as cur:
-            cur.execute(self._locking_read(table, key_column, select, keys))
+            cur.execute(self._read(table, key_column, select, keys, lock))
             found = cur.fetchone()
         if found is None:
             return None
         return json_rows(int(found[0]), found[1], decimals)
 
-    def _locking_read(self, table: TableId, key_column: str, select: str,
-                      keys: list[object]) -> str:
+    def _read(self, table: TableId, key_column: str, select: str, keys: list[object],
+              lock: bool) -> str:
         write = self._literal_writers(table, [key_column])[0]
         return (f"SELECT {select} FROM {quote_table(table)} WHERE"
                 f" {quote_ident(key_column)} IN ({', '.join([write(k) for k in keys])})"
                 # A locking read: the latest committed rows, kept until the agent's write (the
                 # rules decide on these values; a plain read could miss a concurrent change).
-                " FOR UPDATE")
+                + (" FOR UPDATE" if lock else ""))
 
 
 def _shape_of(indexed: tuple[int, Write]) -> tuple[TableId, WriteKind, object]:

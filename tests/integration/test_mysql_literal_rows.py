@@ -136,6 +136,7 @@ def test_fetch_reads_exact_values_of_every_json_readable_type(
     sink.write([Write(t, WriteKind.UPSERT, {"id": k}, v) for k, v in rows.items()])
     by_id = sink.fetch(t, "id", [1, 2, 3, 4], list(rows[1]))
     by_code = sink.fetch(t, "code", [ALL_CHARS, ""], ["id", "huge"])
+    assert sink.fetch(t, "id", [1, 2, 3, 4], list(rows[1]), lock=False) == rows
     sink.commit("a_to_b", "mysql-bin.000001:6", datetime.now(UTC))
     assert by_id == rows  # row 4 does not exist
     for k, values in rows.items():  # same types and digits too, not only equal
