@@ -28,7 +28,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pymysql
-from pymysql.constants import CLIENT
+from pymysql.constants import CLIENT, SERVER_STATUS
 from pymysql.cursors import Cursor
 
 from agent.errors import AgentError, RowError, TransientError
@@ -38,10 +38,14 @@ from connectors.keyruns import unique_key_parts
 from connectors.mysql import MysqlParams, connect_kwargs
 from connectors.mysql.catalog import load_columns, quote_ident, quote_table
 from connectors.mysql.errors import WriteRowError, classify
+from connectors.mysql.jsonrows import decimal_positions, json_readable, json_rows, json_select
+from connectors.mysql.literals import Literal, literal, quote_text
 from connectors.mysql.values import ColumnDef, Kind, converter, to_param
 
 SQL_MODE = "STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE,ERROR_FOR_DIVISION_BY_ZERO"
-_INIT = f"SET SESSION sql_mode='{SQL_MODE}', time_zone='+00:00'"
+# group_concat_max_len also bounds JSON_ARRAYAGG on MariaDB (fetch reads rows as one document).
+_INIT = (f"SET SESSION sql_mode='{SQL_MODE}', time_zone='+00:00',"
+         " group_concat_max_len = 4294967295")
 UPSERT_ROWS_PER_STATEMENT = 500
 UPDATE_ROWS_PER_STATEMENT = 500
 FETCH_KEYS_PER_STATEMENT = 1000
@@ -57,7 +61,10 @@ class MySink:
         self._conn: pymysql.connections.Connection[Cursor] | None = None
         self._columns: dict[TableId, dict[str, ColumnDef]] = {}
         self._kinds: dict[TableId, dict[str, Kind]] = {}
+        # Literal writers by (table, NO_BACKSLASH_ESCAPES in the session), then column.
+        self._literals: dict[tuple[TableId, bool], dict[str, Literal]] = {}
         self._in_tx = False
+        self._mariadb = False
         self.last_insert_ids: dict[int, int] = {}
 
     # -- connection -----------------------------------------------------------------------
@@ -74,6 +81,9 @@ class MySink:
         except pymysql.err.MySQLError as exc:
             raise classify(exc, context=f"connect to {self._params.host}") from exc
         self._in_tx = False
+        self._literals = {}  # they escape through the connection
+        # The handshake's version string, e.g. "10.11.6-MariaDB-log" (untyped in the stubs).
+        self._mariadb = "mariadb" in str(getattr(self._conn, "server_version", "")).lower()
 
     def close(self) -> None:
         """Disconnect (an open transaction is rolled back by the server); safe to call twice."""
@@ -190,17 +200,22 @@ class MySink:
         """One multi-row upsert; False (nothing applied) if some row cannot be applied."""
         first = part[0][1]
         columns = _insert_columns(first)
-        return self._multi(table, lambda: (
-            _upsert_sql(table, columns, first, len(part)),
-            [p for _, w in part for p in self._params_of(table, w, columns)]))
 
-    def _multi(self, table: TableId, build: Callable[[], tuple[str, list[object]]]) -> bool:
+        def build() -> str:
+            literals = self._literal_writers(table, columns)
+            rows = [_row_text(literals, [merged[c] for c in columns])
+                    for merged in ({**w.defaults, **w.values, **w.key} for _, w in part)]
+            return _upsert_text(table, columns, first, rows)
+
+        return self._multi(table, build)
+
+    def _multi(self, table: TableId, build: Callable[[], str]) -> bool:
         """Run one multi-row statement; False (nothing applied) if some row cannot be applied:
         the caller then goes row by row, so the error names the failing write."""
         try:
-            sql, args = build()
+            sql = build()
             with self._cursor() as cur:
-                cur.execute(sql, args)
+                cur.execute(sql)  # no args: the text is complete, '%' is not special
         except RowError:
             return False
         except pymysql.err.MySQLError as exc:
@@ -226,10 +241,15 @@ class MySink:
         """One multi-row update; False (nothing applied) if some row cannot be applied."""
         first = part[0][1]
         keys, columns = list(first.key), list(first.values)
-        return self._multi(table, lambda: (
-            _update_join_sql(table, keys, columns, len(part)),
-            [p for _, w in part for p in
-             self._values(table, w.key, keys) + self._values(table, w.values, columns)]))
+
+        def build() -> str:
+            literals = self._literal_writers(table, keys + columns)
+            # Same shape (_shape_of): every write lists its key and values in this order.
+            rows = [[f(v) for f, v in zip(literals, [*w.key.values(), *w.values.values()],
+                                          strict=True)] for _, w in part]
+            return _update_join_text(table, keys, columns, rows)
+
+        return self._multi(table, build)
 
     def _single(self, index: int, item: Write) -> None:
         try:
@@ -279,6 +299,26 @@ class MySink:
         zone, other = self._zone, Kind.OTHER
         return [to_param(kinds.get(c, other), values[c], zone, c) for c in columns]
 
+    def _literal_writers(self, table: TableId, columns: list[str]) -> list[Literal]:
+        """The literal writer of each column (chosen once per table and column)."""
+        conn = self._conn
+        if conn is None or not conn.open:
+            self.open()
+            conn = self._conn
+        assert conn is not None
+        # The status flag follows the session's sql_mode (PyMySQL escapes by it too).
+        status: int = getattr(conn, "server_status", 0) or 0  # not in the type stubs
+        no_backslash = bool(status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES)
+        writers = self._literals.setdefault((table, no_backslash), {})
+        missing = [c for c in columns if c not in writers]
+        if missing:
+            defs = self._column_defs(table)
+            quote = quote_text(no_backslash)
+            for c in missing:
+                kind = defs[c].kind if c in defs else Kind.OTHER
+                writers[c] = literal(kind, self._zone, c, quote, conn.escape)
+        return [writers[c] for c in columns]
+
     def _column_defs(self, table: TableId) -> dict[str, ColumnDef]:
         defs = self._columns.get(table)
         if defs is None:
@@ -304,9 +344,18 @@ class MySink:
         wanted = [key_column, *columns]
         convert = [converter(defs[c].kind, self._zone) if c in defs else None for c in wanted]
         key_convert, named = convert[0], list(zip(columns, convert[1:], strict=True))
+        described = [defs.get(c) for c in wanted]
+        # Reading as JSON, the values need none of the converters (jsonrows says why).
+        decimals = decimal_positions(described) if json_readable(described) else None
         result: dict[object, Mapping[str, object]] = {}
         try:
             for chunk in _chunks(list(keys), FETCH_KEYS_PER_STATEMENT):
+                rows = (None if decimals is None or not self._mariadb else
+                        self._select_json(table, key_column, wanted, chunk, decimals, lock))
+                if rows is not None:
+                    for values in rows:
+                        result[values[0]] = dict(zip(columns, values[1:], strict=True))
+                    continue
                 for row in self._select(table, key_column, wanted, chunk, lock):
                     # One dict per row; columns without a converter are taken as they are.
                     result[_apply(key_convert, row[0])] = {
@@ -319,16 +368,30 @@ class MySink:
 
     def _select(self, table: TableId, key_column: str, wanted: list[str],
                 keys: list[object], lock: bool = True) -> list[tuple[object, ...]]:
-        kind = self._column_defs(table).get(key_column)
-        args = [to_param(kind.kind if kind else Kind.OTHER, k, self._zone) for k in keys]
-        sql = (f"SELECT {_names(wanted)} FROM {quote_table(table)} WHERE"
-               f" {quote_ident(key_column)} IN ({', '.join(['%s'] * len(keys))})"
-               # A locking read: the latest committed rows, kept until the agent's write (the
-               # rules decide on these values; a plain read could miss a concurrent change).
-               + (" FOR UPDATE" if lock else ""))
         with self._cursor() as cur:
-            cur.execute(sql, args)
+            cur.execute(self._read(table, key_column, _names(wanted), keys, lock))
             return list(cur.fetchall())
+
+    def _select_json(self, table: TableId, key_column: str, wanted: list[str],
+                     keys: list[object], decimals: list[int],
+                     lock: bool) -> list[list[object]] | None:
+        """The rows as one JSON document (MariaDB); None if it was cut short by a limit."""
+        select = json_select([quote_ident(c) for c in wanted])
+        with self._cursor() as cur:
+            cur.execute(self._read(table, key_column, select, keys, lock))
+            found = cur.fetchone()
+        if found is None:
+            return None
+        return json_rows(int(found[0]), found[1], decimals)
+
+    def _read(self, table: TableId, key_column: str, select: str, keys: list[object],
+              lock: bool) -> str:
+        write = self._literal_writers(table, [key_column])[0]
+        return (f"SELECT {select} FROM {quote_table(table)} WHERE"
+                f" {quote_ident(key_column)} IN ({', '.join([write(k) for k in keys])})"
+                # A locking read: the latest committed rows, kept until the agent's write (the
+                # rules decide on these values; a plain read could miss a concurrent change).
+                + (" FOR UPDATE" if lock else ""))
 
 
 def _shape_of(indexed: tuple[int, Write]) -> tuple[TableId, WriteKind, object]:
@@ -340,14 +403,27 @@ def _shape_of(indexed: tuple[int, Write]) -> tuple[TableId, WriteKind, object]:
     return item.table, item.kind, indexed[0]  # never grouped
 
 
+def _row_text(literals: list[Literal], values: list[object]) -> str:
+    return ", ".join([f(v) for f, v in zip(literals, values, strict=True)])
+
+
 def _update_join_sql(table: TableId, keys: list[str], columns: list[str], rows: int) -> str:
-    """``UPDATE t JOIN (SELECT ? AS k0, ? AS v0 UNION ALL SELECT ?, ? ...) v ON ... SET ...``."""
+    """:func:`_update_join_text` with ``%s`` placeholders (bench.refs runs it with PyMySQL
+    parameters, as the reference for this statement form)."""
+    placeholders = ["%s"] * (len(keys) + len(columns))
+    return _update_join_text(table, keys, columns, [placeholders] * rows)
+
+
+def _update_join_text(table: TableId, keys: list[str], columns: list[str],
+                      rows: list[list[str]]) -> str:
+    """``UPDATE t JOIN (SELECT 1 AS k0, 'a' AS v0 UNION ALL SELECT 2, 'b' ...) v ON ... SET ...``
+    from each row's literals (key columns, then value columns)."""
     names = [f"`_k{i}`" for i in range(len(keys))] + [f"`_v{i}`" for i in range(len(columns))]
-    first = "SELECT " + ", ".join(f"%s AS {n}" for n in names)
-    other = " UNION ALL SELECT " + ", ".join(["%s"] * len(names))
+    first = ", ".join([f"{v} AS {n}" for v, n in zip(rows[0], names, strict=True)])
+    derived = " UNION ALL SELECT ".join([first, *(", ".join(row) for row in rows[1:])])
     on = " AND ".join(f"`_t`.{quote_ident(k)} <=> `_v`.`_k{i}`" for i, k in enumerate(keys))
     sets = ", ".join(f"`_t`.{quote_ident(c)} = `_v`.`_v{i}`" for i, c in enumerate(columns))
-    return (f"UPDATE {quote_table(table)} AS `_t` JOIN ({first}{other * (rows - 1)}) AS `_v`"
+    return (f"UPDATE {quote_table(table)} AS `_t` JOIN (SELECT {derived}) AS `_v`"
             f" ON {on} SET {sets}")
 
 
@@ -362,13 +438,20 @@ def _insert_columns(item: Write) -> list[str]:
 
 
 def _upsert_sql(table: TableId, columns: list[str], item: Write, rows: int) -> str:
-    row = f"({', '.join(['%s'] * len(columns))})"
+    row = ", ".join(["%s"] * len(columns))
+    return _upsert_text(table, columns, item, [row] * rows)
+
+
+def _upsert_text(table: TableId, columns: list[str], item: Write, rows: list[str]) -> str:
+    """``INSERT ... VALUES (row), (row) ... ON DUPLICATE KEY UPDATE``; a row is its values'
+    text (literals or placeholders) without the parentheses."""
     # Defaults are set only by the INSERT: an existing row keeps its own values.
     updates = [c for c in item.values if c not in item.key] or [columns[0]]
     # VALUES(col) works on MariaDB and MySQL 8 (where it is deprecated but still supported).
     assignments = ", ".join(f"{quote_ident(c)} = VALUES({quote_ident(c)})" for c in updates)
+    values = "), (".join(rows)
     return (f"INSERT INTO {quote_table(table)} ({_names(columns)}) VALUES"
-            f" {', '.join([row] * rows)} ON DUPLICATE KEY UPDATE {assignments}")
+            f" ({values}) ON DUPLICATE KEY UPDATE {assignments}")
 
 
 def _at(error: AgentError, index: int) -> AgentError:
