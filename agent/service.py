@@ -8,6 +8,7 @@ systemd only once every direction streams.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -179,7 +180,21 @@ def run_service(config: Config, path: Path) -> int:
         server.stop()
 
 
+GC_THRESHOLDS = (50_000, 20, 20)
+"""The cyclic garbage collector's thresholds while replicating (Python's are 700, 10, 10)."""
+
+
+def _tune_gc() -> None:
+    """Collect cycles less often: replicating allocates a few dicts per row, nearly all
+    freed by reference counting, so the default thresholds ran a collection every few
+    hundred rows (about 17% of the CPU per row in a PG->PG catch-up). What start-up built
+    lives as long as the process: frozen, no collection walks it again."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def _run(config: Config, daemon: Daemon, notifier: Notifier) -> int:
+    _tune_gc()
     if config.agent.ha is None:
         return daemon.run(config)
     from agent.ha import run_when_leader
