@@ -11,10 +11,10 @@ import pytest
 
 from agent.events import TableId
 from agent.ports import Write, WriteKind
-from connectors.mysql import MysqlParams, catalog
 from connectors.mysql.errors import WriteRowError
 from connectors.mysql.values import JsonText
 from connectors.mysql.writer import MySink
+from tests.integration.mysinks import open_sink
 from tests.servers import MariaDatabase
 
 DDL = """CREATE TABLE {name} (
@@ -26,22 +26,11 @@ COLUMNS = "id, code, name, amount, ratio, local_ts, utc_ts, doc, tags, raw, flag
 
 @pytest.fixture
 def sink(maria_db: MariaDatabase) -> Iterator[MySink]:
-    server = maria_db.server
-    params = MysqlParams(host=server.host, port=server.port, user=server.user,
-                         password=server.password, database=maria_db.name,
-                         timezone="Europe/Berlin")
-    state = f"{maria_db.name}_st"
-    catalog.setup(params, state_schema=state)
-    with maria_db.connect() as conn, conn.cursor() as cur:
-        for name in ("batched", "single"):
-            cur.execute(DDL.format(name=name))
-            cur.execute(f"INSERT INTO {name} (id, code, name) SELECT seq, CONCAT('c', seq), 'n'"
-                        " FROM seq_1_to_20")
-    s = MySink(params, state_schema=state)
-    s.open()
-    yield s
-    s.close()
-    catalog.teardown(params, state_schema=state)
+    tables = [statement for name in ("batched", "single") for statement in (
+        DDL.format(name=name),
+        f"INSERT INTO {name} (id, code, name) SELECT seq, CONCAT('c', seq), 'n' FROM seq_1_to_20")]
+    with open_sink(maria_db, tables) as s:
+        yield s
 
 
 def _rows(db: MariaDatabase, table: str) -> list[tuple[Any, ...]]:

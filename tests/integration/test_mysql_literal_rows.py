@@ -12,9 +12,9 @@ import pytest
 
 from agent.events import TableId
 from agent.ports import Write, WriteKind
-from connectors.mysql import MysqlParams, catalog
 from connectors.mysql.values import JsonText
 from connectors.mysql.writer import MySink
+from tests.integration.mysinks import open_sink
 from tests.servers import MariaDatabase
 
 DDL = """CREATE TABLE {name} (
@@ -52,20 +52,8 @@ def _nulls() -> dict[str, object]:
 
 @pytest.fixture
 def sink(maria_db: MariaDatabase) -> Iterator[MySink]:
-    server = maria_db.server
-    params = MysqlParams(host=server.host, port=server.port, user=server.user,
-                         password=server.password, database=maria_db.name,
-                         timezone="Europe/Berlin")
-    state = f"{maria_db.name}_st"
-    catalog.setup(params, state_schema=state)
-    with maria_db.connect() as conn, conn.cursor() as cur:
-        for name in ("batched", "single"):
-            cur.execute(DDL.format(name=name))
-    s = MySink(params, state_schema=state)
-    s.open()
-    yield s
-    s.close()
-    catalog.teardown(params, state_schema=state)
+    with open_sink(maria_db, [DDL.format(name=name) for name in ("batched", "single")]) as s:
+        yield s
 
 
 def _rows(db: MariaDatabase, table: str) -> list[tuple[Any, ...]]:
