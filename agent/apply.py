@@ -266,7 +266,7 @@ class Applier:
         locks = self._lock_cache.get((table, locator))
         if locks is None:
             locks = self._lock_cache[(table, locator)] = any(
-                not all(route.plain) or route.link is LinkKind.MAP
+                not route.plain or route.link is LinkKind.MAP
                 for route in self.routes.routes
                 if route.target_table == table and route.locator == locator)
         return locks
@@ -278,7 +278,7 @@ class Applier:
             return  # only a key the target generates is linked that way
         asked = {f"{route.entity}:{row.get(route.source_key)}": (route.entity, row)
                  for change in changes for route in self.routes.routes_for(change.table)
-                 if route.link is not LinkKind.MAP
+                 if route.link is LinkKind.SOURCE_HOLDS_KEY
                  and (row := rules.source_row(change)) and route.locate(row) is None
                  and self.judge.link_of(route.entity, row.get(route.source_key)) is None}
         if not asked:

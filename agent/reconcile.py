@@ -42,7 +42,6 @@ from agent.keymap import TABLE as KEY_MAP
 from agent.keymap import ident as keymap_ident
 from agent.routes import LinkKind, Route
 from agent.rules import same_value
-from agent.staging import route_columns
 from agent.transfer import Rows, direction_of, row_reader, synthetic, transfer
 from agent.wiring import compile_route, mysql_params, names
 
@@ -179,7 +178,7 @@ class Reconciler:
     def _columns(self, system: str) -> list[str]:
         """Columns read on ``system``: what its rules read plus the other side's locator."""
         own, other = self._route_from(system), self._route_from(self.config.other(system))
-        return list(dict.fromkeys([*route_columns(own), other.locator,
+        return list(dict.fromkeys([*own.reads, other.locator,
                                    *(f.target_column for f in other.fields)]))
 
     def _pass(self, number: int, side: str, after: object) -> None:

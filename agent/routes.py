@@ -8,7 +8,7 @@ translation once, so the rules never read the configuration models.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import KeysView, Mapping
 from dataclasses import dataclass, field
 
 from agent.events import Row, TableId
@@ -103,26 +103,36 @@ class Route:
     source: str = "source"  # system names
     target: str = "target"
     on_error: str = "quarantine"  # or "stop"
-    plain: tuple[bool, ...] = field(init=False, repr=False, compare=False)
-    """Per field: owned by the source and without a value map, so planning it is a plain
-    comparison (computed once: the catch-up hot path)."""
-    shared: tuple[FieldRoute, ...] = field(init=False, repr=False, compare=False)
-    """The fields both sides own (their changes are noted for ``conflict: newest``)."""
-    columns: tuple[tuple[str, str, FieldRoute | None], ...] = field(
-        init=False, repr=False, compare=False)
-    """Per field: (source column, target column, None for a plain field, else the field)."""
+    # Derived once from the fields above (the catch-up hot path reads them per change).
     locator: str = field(init=False, repr=False, compare=False)
     """The target column that identifies the row."""
+    columns: tuple[tuple[str, str, FieldRoute | None], ...] = field(
+        init=False, repr=False, compare=False)
+    """Per field: (source column, target column, and None for a plain field -- owned by the
+    source, no value map: planning it is a comparison -- else the field)."""
+    shared: tuple[FieldRoute, ...] = field(init=False, repr=False, compare=False)
+    """The fields both sides own (their changes are noted for ``conflict: newest``)."""
+    reads: KeysView[str] = field(init=False, repr=False, compare=False)
+    """The source columns the rules read (key, link, fields, create predicates), in that
+    order; a set view, so a row's keys are compared with it in C."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "locator", self.link_column
                            if self.link is LinkKind.TARGET_HOLDS_KEY else self.target_key)
-        object.__setattr__(self, "plain", tuple(
-            f.owner == self.source and f.value_map is None for f in self.fields))
         object.__setattr__(self, "columns", tuple(
-            (f.source_column, f.target_column, None if plain else f)
-            for f, plain in zip(self.fields, self.plain, strict=True)))
+            (f.source_column, f.target_column,
+             None if f.owner == self.source and f.value_map is None else f)
+            for f in self.fields))
         object.__setattr__(self, "shared", tuple(f for f in self.fields if f.owner == "both"))
+        link = [self.link_column] if self.link is LinkKind.SOURCE_HOLDS_KEY else []
+        object.__setattr__(self, "reads", dict.fromkeys(
+            [self.source_key, *link, *(f.source_column for f in self.fields),
+             *(p.column for p in self.create_when)]).keys())
+
+    @property
+    def plain(self) -> bool:
+        """Every field is plain: the source's value goes as it is."""
+        return all(f is None for _, _, f in self.columns)
 
     def locate(self, row: Row) -> object:
         """The locator value for a source row (None: the row has no target counterpart yet,

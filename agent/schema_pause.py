@@ -43,7 +43,6 @@ from agent.events import Op, RowChange, TableId
 from agent.ports import Sink, Write, WriteKind
 from agent.quarantine import Poison, dead_letter, letter_change
 from agent.routes import Route, RouteTable
-from agent.staging import route_columns
 
 if TYPE_CHECKING:
     from agent.apply import Applier, Buffered
@@ -84,7 +83,7 @@ def missing_columns(route: Route, change: RowChange) -> list[str]:
     if change.op is Op.DELETE:
         row, needed = change.old, [route.source_key]
     else:
-        row, needed = change.new, route_columns(route)
+        row, needed = change.new, list(route.reads)
     if not row:
         return []
     return [c for c in needed if c not in row]
@@ -140,9 +139,6 @@ class Pauses:
         self._paused: dict[str, str] = {}  # entity -> message, since a committed batch
         self._tentative: dict[str, str] = {}  # found in the open batch
         self._announced: set[str] = set()
-        # Per route (by id): the source columns an INSERT/UPDATE row, and a DELETE row,
-        # must carry.
-        self._needs: dict[int, tuple[Route, frozenset[str], frozenset[str]]] = {}
 
     # -- state ------------------------------------------------------------------------------
 
@@ -188,24 +184,18 @@ class Pauses:
     def affects(self, routes: RouteTable, buffer: Iterable[Buffered]) -> bool:
         """Whether some change of ``buffer`` must be parked (no side effects).
 
-        Runs for every batch, so the columns each route needs are a set computed once and
-        compared with a row's keys in C.
+        Runs for every batch: the same test as :func:`missing_columns`, with the route's
+        columns compared with a row's keys in C.
         """
         paused = bool(self._paused or self._tentative)
-        needs = self._needs
         for change, _, _ in buffer:
             for route in routes.routes_for(change.table):
                 if paused and self.paused(route.entity):
                     return True
-                delete = change.op is Op.DELETE
-                row = change.old if delete else change.new
-                if not row:
-                    continue
-                need = needs.get(id(route))
-                if need is None or need[0] is not route:
-                    need = needs[id(route)] = (route, frozenset(route_columns(route)),
-                                               frozenset([route.source_key]))
-                if not row.keys() >= (need[2] if delete else need[1]):
+                if change.op is Op.DELETE:
+                    if change.old and route.source_key not in change.old:
+                        return True
+                elif change.new and not change.new.keys() >= route.reads:
                     return True
         return False
 

@@ -33,7 +33,7 @@ from agent.codec import decode_row, encode_row
 from agent.config import Config, Direction, PostgresSystem
 from agent.events import UNCHANGED, Op, Row, RowChange, TableId
 from agent.ports import Sink, Write, WriteKind
-from agent.routes import LinkKind, Route
+from agent.routes import Route
 
 log = logging.getLogger(__name__)
 
@@ -86,16 +86,6 @@ def staged_id(direction: str, entity: str, record: str) -> str:
     return json.dumps([direction, entity, record], ensure_ascii=False)
 
 
-def route_columns(route: Route) -> list[str]:
-    """The source columns the rules read for a route (key, link, fields, create predicates)."""
-    columns = [route.source_key]
-    if route.link is LinkKind.SOURCE_HOLDS_KEY:
-        columns.append(route.link_column)
-    columns += [f.source_column for f in route.fields]
-    columns += [p.column for p in route.create_when]
-    return list(dict.fromkeys(columns))
-
-
 def _known(row: Row | None, columns: Iterable[str]) -> dict[str, object]:
     if row is None:
         return {}
@@ -110,7 +100,7 @@ def merge(previous: Staged | None, route: Route, change: RowChange, ts: datetime
     (a later change's old image is the earlier change's result, not the state the target
     last saw).
     """
-    columns = route_columns(route)
+    columns = list(route.reads)
     image = change.old if change.op is Op.DELETE else change.new
     values = _known(image, columns)
     record = str(values.get(route.source_key))

@@ -41,7 +41,6 @@ from agent.ports import Sink
 from agent.quarantine import Poison
 from agent.routes import Route
 from agent.rules import Judge, Plan
-from agent.staging import route_columns
 from agent.wiring import (
     MANUAL,
     compile_route,
@@ -199,7 +198,7 @@ def push(config: Config, entity: str, keys: Sequence[str], source: str | None = 
     reader.open()
     try:
         rows = reader.lookup(route.source_table, route.source_key, list(keys),
-                             route_columns(route), lock=True)
+                             list(route.reads), lock=True)
         found = {str(r[route.source_key]): r for r in rows}
         changes = [synthetic(route, found[k], shared=True) for k in keys if k in found]
         if not changes:

@@ -102,13 +102,13 @@ def _convert_key(rel: _RelInfo, data: pg.TupleData) -> dict[str, object]:
 
 def _rel_info(msg: pg.Relation) -> _RelInfo:
     cols = msg.columns
+    converters = tuple(converter_for(c.type_oid) for c in cols)
     return _RelInfo(
         table=TableId(msg.namespace or "pg_catalog", msg.name),
         names=tuple(c.name for c in cols),
-        converters=tuple(converter_for(c.type_oid) for c in cols),
+        converters=converters,
         key_indexes=tuple(i for i, c in enumerate(cols) if c.is_key),
-        fast=tuple(None if converter_for(c.type_oid) is _TEXT else converter_for(c.type_oid)
-                   for c in cols),
+        fast=tuple(None if c is _TEXT else c for c in converters),
     )
 
 
