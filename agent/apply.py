@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from agent import rules
@@ -32,6 +33,29 @@ log = logging.getLogger(__name__)
 
 Buffered = tuple[RowChange, datetime, str]
 """A change, its (effective) source commit time and its transaction's position."""
+
+
+@dataclass
+class Ahead:
+    """A batch planned ahead of its transaction (:meth:`Applier.plan_ahead`)."""
+
+    plan: rules.Plan
+    view: rules.TargetView
+    """The target rows as the plan leaves them."""
+    intercepted: rules.Plan
+    """What the batch's push requests and filtered changes counted before planning."""
+
+    @property
+    def simple(self) -> bool:
+        """Its writes are all it does: they may go out on their own (no generated keys to
+        link, no conflicts to record, no remedies, no deferred changes)."""
+        p = self.plan
+        return not (p.remedies or p.conflicts or p.links or p.deferred)
+
+    def counts(self) -> rules.Plan:
+        """The batch's counters, as :meth:`Applier.apply` returns them."""
+        return rules.Plan(writes=self.plan.writes, conflicts=self.plan.conflicts,
+                          skipped=self.intercepted.skipped + self.plan.skipped)
 
 
 class Exchange:
@@ -168,16 +192,51 @@ class Applier:
             self.write(sink, letters)
             total.skipped["quarantined"] += len(letters)
         while pending:
-            result = self._plan(sink, pending)
-            writes = result.writes + [self._record(c) for c in result.conflicts]
-            if writes:
-                self.write(sink, writes)
-            self._link(sink, result)
-            self._send(sink, result.remedies)
-            total.skipped.update(result.skipped)
-            total.conflicts += result.conflicts
-            total.writes += result.writes
-            pending = result.deferred
+            pending = self._carry_out(sink, self._plan(sink, pending), total)
+        return total
+
+    def _carry_out(self, sink: Sink, result: rules.Plan, total: rules.Plan) -> list[rules.Change]:
+        """Write a round's plan; returns the changes deferred to the next round."""
+        writes = result.writes + [self._record(c) for c in result.conflicts]
+        if writes:
+            self.write(sink, writes)
+        self._link(sink, result)
+        self._send(sink, result.remedies)
+        total.skipped.update(result.skipped)
+        total.conflicts += result.conflicts
+        total.writes += result.writes
+        return result.deferred
+
+    def plan_ahead(self, reads: Sink, buffer: Sequence[Buffered],
+                   behind: rules.Written | None) -> Ahead | None:
+        """Plan ``buffer`` without the target transaction: rows read on ``reads`` (plain
+        reads), the rows of a batch still being written (``behind``) as it leaves them.
+
+        None when the buffer needs the open transaction (locking reads, dead letters,
+        schedules, the key map); then nothing was read and nothing was decided.
+        """
+        if (self.scheduler is not None or self.keymap.active or self.quarantine.active
+                or self.quarantine.isolating or self.pauses.affects(self.routes, buffer)):
+            return None
+        total = rules.Plan()
+        if self.requests is not None:  # with no scheduler nothing is staged (no write)
+            buffer = self._intercept(reads, buffer, total)
+        plain = [change for change, _, _ in buffer]
+        needed = rules.lookups(self.routes, plain, self.judge)
+        if any(self._locks(table, locator) for table, locator, _ in needed):
+            return None
+        self._known_links(reads, plain)
+        view = self._view(reads, needed, behind)
+        changes: list[rules.Change] = [(change, ts) for change, ts, _ in buffer]
+        return Ahead(rules.plan(self.routes, changes, view, self.judge), view, total)
+
+    def finish(self, sink: Sink, ahead: Ahead) -> rules.Plan:
+        """Carry out, in the open transaction, a plan made ahead that needs more than its
+        writes (links, conflicts, remedies, deferred changes); returns the batch's total."""
+        total = ahead.intercepted
+        pending = self._carry_out(sink, ahead.plan, total)
+        while pending:
+            pending = self._carry_out(sink, self._plan(sink, pending), total)
         return total
 
     def _divert(self, buffer: Sequence[Buffered]) -> tuple[list[Write], list[rules.Change]]:
@@ -228,13 +287,22 @@ class Applier:
         return any(r.entity == write.entity and r.on_error == "stop" for r in self.routes.routes)
 
     def _plan(self, sink: Sink, changes: Sequence[rules.Change]) -> rules.Plan:
-        view = rules.TargetView()
         plain = [c[0] if isinstance(c, tuple) else c for c in changes]
         self._known_links(sink, plain)
         if self.keymap.active:
             self.keymap.resolve(sink, self.routes, plain)
-        for (table, locator, columns), keys in rules.lookups(self.routes, plain,
-                                                             self.judge).items():
+        view = self._view(sink, rules.lookups(self.routes, plain, self.judge))
+        result = rules.plan(self.routes, changes, view, self.judge)
+        log.debug("%s: %d changes -> %d writes", self.direction, len(changes),
+                  len(result.writes))
+        return result
+
+    def _view(self, sink: Sink, needed: Mapping[rules.LookupKey, set[object]],
+              behind: rules.Written | None = None) -> rules.TargetView:
+        """The target rows the rules need, read once; those the batch behind writes are
+        taken as it leaves them."""
+        view = rules.TargetView()
+        for (table, locator, columns), keys in needed.items():
             asked = list(keys)
             try:
                 found = sink.fetch(table, locator, asked, columns,
@@ -246,11 +314,8 @@ class Applier:
                 raise drift from error
             if table in self.keymap.tables:  # keys from the map are text
                 found = {**found, **{str(k): v for k, v in found.items()}}
-            view.load(table, locator, found, asked)
-        result = rules.plan(self.routes, changes, view, self.judge)
-        log.debug("%s: %d changes -> %d writes", self.direction, len(changes),
-                  len(result.writes))
-        return result
+            view.load(table, locator, found, asked, behind)
+        return view
 
     def _locks(self, table: TableId, locator: str) -> bool:
         """Whether the rules' read of ``table``'s rows must lock them.

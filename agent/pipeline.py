@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Protocol
 
 from agent import rules
@@ -26,6 +27,7 @@ from agent.ports import Sink, Source
 from agent.prefetch import Prefetcher
 from agent.quarantine import Poison
 from agent.schema_pause import SchemaDrift
+from agent.writebehind import WriteBehind
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +108,14 @@ class Pipeline:
                  sink_factory: Callable[[], Sink], applier: Applier, *,
                  own_origins: frozenset[str], heartbeat_table: TableId,
                  settings: Settings | None = None, observer: Observer | None = None,
-                 coarse_clock: bool = False) -> None:
+                 coarse_clock: bool = False,
+                 reads_factory: Callable[[], Sink] | None = None) -> None:
         self.direction = direction
         self._source_factory = source_factory
         self._sink_factory = sink_factory
+        self._reads_factory = reads_factory
+        """A second, reads-only sink: batches are planned on it while the one before is
+        written (agent.writebehind); None: one batch at a time."""
         self.applier = applier
         self.routes = applier.routes
         self._coarse_clock = coarse_clock
@@ -153,6 +159,7 @@ class Pipeline:
     def _session(self, stop: threading.Event) -> None:
         sink = self._sink_factory()
         reader: Prefetcher | None = None
+        behind: WriteBehind | None = None
         try:
             sink.open()
             after = sink.read_checkpoint(self.direction)
@@ -162,24 +169,42 @@ class Pipeline:
             if self.applier.scheduler is not None:  # windows are re-read from staged rows
                 self.applier.scheduler.reload()
             self.applier.pauses.resume(self.applier, sink, after)  # parked changes first
+            behind = self._write_behind(sink)
             reader.start(after)
             self._observer.state(self.direction, "streaming")
             log.info("%s: streaming after position %s", self.direction, after or "(start)")
-            _Session(self, sink, reader, after).loop(stop)
+            _Session(self, sink, reader, after, behind).loop(stop)
         finally:
+            if behind is not None:
+                behind.close()
+                behind.reads.close()
             if reader is not None:
                 reader.close()
             sink.close()
         self._observer.state(self.direction, "stopped")
 
 
+    def _write_behind(self, sink: Sink) -> WriteBehind | None:
+        if self._reads_factory is None:
+            return None
+        reads = self._reads_factory()
+        try:
+            reads.open()
+        except BaseException:
+            reads.close()
+            raise
+        return WriteBehind(self.direction, sink, reads, self.applier.write)
+
+
 class _Session:
     """One connected run of a pipeline; state lives here, not in the pipeline."""
 
     def __init__(self, pipeline: Pipeline, sink: Sink, reader: Prefetcher,
-                 committed: str | None) -> None:
+                 committed: str | None, behind: WriteBehind | None = None) -> None:
         self.p = pipeline
         self.sink = sink
+        self.behind = behind
+        """Writes a batch while the next is planned (None: one batch at a time)."""
         self.reader = reader
         self.committed = committed  # the position stored in the target's checkpoint
         self.batch = _Batch(buffer=[])
@@ -200,6 +225,8 @@ class _Session:
                 self.p.last_progress = time.monotonic()
                 self.p.applier.quarantine.reload()
                 item = self.reader.get(self._timeout(self.p._settings))
+                if self.behind is not None and self.behind.done():
+                    self.behind.wait()
                 if item is not None:
                     self._take(item)
                 self._maybe_commit(item is None)
@@ -209,15 +236,20 @@ class _Session:
                 self._maybe_window()
             if not self.batch.in_partial:
                 self._commit()
+            self._drain()
         except (Poison, SchemaDrift):
             self.p.applier.quarantine.rolled_back()
             raise
         finally:
+            if self.behind is not None:
+                self.behind.close()  # the sink is this thread's again
             if self.batch.pending():
                 self.sink.rollback()
                 self.p.applier.pauses.rolled_back()
 
     def _timeout(self, settings: Settings) -> float:
+        if self.behind is not None and self.behind.busy():
+            return 0.002  # its COMMIT is confirmed (and reported) when seen
         if self.batch.boundary is None:
             return 0.2
         left = settings.max_delay - (time.monotonic() - self.batch.started)
@@ -242,7 +274,10 @@ class _Session:
             assert batch.buffer is not None
             batch.buffer.extend((change, ts, item.position) for change in changes)
             batch.rows += len(changes)
-            if len(batch.buffer) >= self.p._settings.max_rows:
+            # Whole transactions wait for the commit (which may plan them ahead); a large
+            # one is written as it arrives.
+            if len(batch.buffer) >= self.p._settings.max_rows and not (
+                    item.final and self.behind is not None):
                 self._flush()
         batch.in_partial = not item.final
         if item.final:
@@ -313,7 +348,10 @@ class _Session:
         if not batch.buffer:
             return
         self._open()
-        result = self.p.applier.apply(self.sink, batch.buffer)
+        self._report(self.p.applier.apply(self.sink, batch.buffer))
+        batch.buffer = []
+
+    def _report(self, result: rules.Plan) -> None:
         quarantined = result.skipped.pop("quarantined", 0)
         if quarantined:
             self.p._observer.quarantined(self.p.direction, quarantined)
@@ -321,12 +359,20 @@ class _Session:
             self.p._observer.skipped(self.p.direction, reason, count)
         for c in result.conflicts:
             self.p._observer.conflict(c.entity, c.field, c.resolution)
-        batch.buffer = []
 
     def _open(self) -> None:
         if not self.batch.opened:
-            self.sink.begin(self.p.direction)
+            self._begin()
             self.batch.opened = True
+
+    def _begin(self) -> None:
+        """Start a target transaction, once the batch written behind (if any) is in."""
+        self._drain()
+        self.sink.begin(self.p.direction)
+
+    def _drain(self) -> None:
+        if self.behind is not None:
+            self.behind.wait()
 
     def _remedies(self) -> None:
         """Apply, in the open transaction, corrections the other direction asked for."""
@@ -340,23 +386,59 @@ class _Session:
         batch = self.batch
         if batch.boundary is None:
             return
+        if self._commit_behind(batch):
+            return
         self._flush()
         self._open()
         self._remedies()
         assert batch.source_ts is not None
         self.sink.commit(self.p.direction, batch.boundary, batch.source_ts)
         self.p.applier.settle_remedies()
+        self._committed(batch)
+        self.batch = _Batch(buffer=[])
+
+    def _committed(self, batch: _Batch) -> None:
+        """``batch`` is in: confirm it to the source and report it."""
+        assert batch.boundary is not None and batch.source_ts is not None
         self.p.applier.quarantine.committed()
         self.p.applier.pauses.committed()
         self.p.applier.committed(self.sink)
         self.committed = batch.boundary
         self.reader.confirm(batch.boundary)
         self.p._observer.committed(self.p.direction, batch.txns, batch.rows, batch.source_ts)
+        if self.batch is batch:
+            self.advance = None
+            self.advance_foreign = False
+            self.advance_urgent = False
+        self.advanced_at = self.committed_at = time.monotonic()
+
+    def _commit_behind(self, batch: _Batch) -> bool:
+        """Plan ``batch`` on the second connection and leave its write and COMMIT to the
+        worker (agent.writebehind); False when it needs the open transaction (a plan that
+        needs more than its writes is then carried out in it already)."""
+        behind = self.behind
+        if (behind is None or batch.opened or not batch.buffer or batch.source_ts is None
+                or batch.boundary is None or self.p.applier.exchange.waiting(self.p.direction)):
+            return False
+        ahead = self.p.applier.plan_ahead(behind.reads, batch.buffer, behind.written)
+        if ahead is None:
+            return False
+        if not ahead.simple:
+            self._open()
+            self._report(self.p.applier.finish(self.sink, ahead))
+            batch.buffer = []
+            return False
+        self._report(ahead.counts())
+        behind.wait()  # one batch behind at most
+        behind.submit(ahead.plan.writes, batch.boundary, batch.source_ts,
+                      rules.written(ahead.view, ahead.plan.writes),
+                      partial(self._committed, batch))
+        # Positions read from here on are past this batch's boundary.
         self.advance = None
         self.advance_foreign = False
         self.advance_urgent = False
-        self.advanced_at = self.committed_at = time.monotonic()
         self.batch = _Batch(buffer=[])
+        return True
 
     def _maybe_advance(self) -> None:
         """Store, then confirm, a position that carried nothing to write.
@@ -373,7 +455,7 @@ class _Session:
 
     def _store_advance(self) -> None:
         assert self.advance is not None
-        self.sink.begin(self.p.direction)
+        self._begin()
         self._remedies()
         self.sink.commit(self.p.direction, self.advance, datetime.now(UTC))
         self.p.applier.settle_remedies()
@@ -394,7 +476,7 @@ class _Session:
         if self.advance is not None:
             self._store_advance()
         elif self.committed is not None:
-            self.sink.begin(self.p.direction)
+            self._begin()
             self._remedies()
             self.sink.commit(self.p.direction, self.committed, datetime.now(UTC))
             self.p.applier.settle_remedies()
@@ -407,7 +489,7 @@ class _Session:
         items = self.p.applier.settling()
         if not items:
             return
-        self.sink.begin(self.p.direction)
+        self._begin()
         writes = self.p.applier.settle_writes(self.sink, items)
         if writes:
             self.p.applier.write(self.sink, writes)
@@ -423,7 +505,7 @@ class _Session:
             return
         if self.committed is None or not scheduler.due():
             return
-        self.sink.begin(self.p.direction)
+        self._begin()
         self.p.applier.apply_window(self.sink)
         self.sink.commit(self.p.direction, self.committed, datetime.now(UTC))
         self.p.applier.committed(self.sink)

@@ -85,14 +85,25 @@ class TargetView:
         return rows
 
     def load(self, table: TableId, locator: str, rows: Mapping[object, Mapping[str, object]],
-             asked: Iterable[object]) -> None:
-        """Record fetched rows; keys asked for but not returned are known to be absent."""
+             asked: Iterable[object], newer: Written | None = None) -> None:
+        """Record fetched rows; keys asked for but not returned are known to be absent.
+
+        ``newer``: rows a batch not yet committed writes (see :func:`written`); they are
+        taken as that batch leaves them instead of as read.
+        """
         known = self._rows.setdefault((table, locator), {})
+        ahead = newer.get((table, locator)) if newer else None
         for key in asked:
+            if ahead is not None and key in ahead:
+                known.setdefault(key, ahead[key])
+                continue
             found = rows.get(key)
             if found is not None and not isinstance(found, dict):
                 found = dict(found)  # the view never changes a row in place: no copy needed
             known.setdefault(key, found)
+
+    def rows(self, table: TableId, locator: str) -> Mapping[object, dict[str, object] | None]:
+        return self._rows.get((table, locator), {})
 
     def get(self, route: Route, key: object) -> dict[str, object] | None:
         return self._of(route).get(key)
@@ -104,6 +115,25 @@ class TargetView:
             return
         current = rows.get(key) or {}
         rows[key] = {**current, **values}
+
+
+Written = dict[tuple[TableId, str], dict[object, dict[str, object] | None]]
+"""Target rows by (table, locator) and locator value, as a batch's writes leave them."""
+
+
+def written(view: TargetView, writes: Iterable[Write]) -> Written:
+    """The rows ``writes`` (planned against ``view``) leave behind, None where deleted.
+
+    Only writes that name their row by its locator (every kind but a plain INSERT, whose key
+    the target generates) can be listed.
+    """
+    rows: Written = {}
+    for w in writes:
+        if len(w.key) != 1:
+            raise ValueError("an INSERT with a generated key names no row")
+        (locator, key), = w.key.items()
+        rows.setdefault((w.table, locator), {})[key] = view.rows(w.table, locator).get(key)
+    return rows
 
 
 def source_row(change: RowChange) -> Row:

@@ -252,8 +252,10 @@ def source_factory(config: Config, direction: Direction) -> Callable[[], Source]
                             tables=tables, skip_origins=skip)
 
 
-def sink_factory(config: Config, direction: Direction) -> Callable[[], Sink]:
-    """A function that makes a fresh, unopened sink for ``direction``."""
+def sink_factory(config: Config, direction: Direction, *,
+                 reads_only: bool = False) -> Callable[[], Sink]:
+    """A function that makes a fresh, unopened sink for ``direction`` (``reads_only``: one
+    used only to read the target, on a connection of its own; see agent.writebehind)."""
     system = config.systems[direction.target]
     n = names(config)
     if isinstance(system, PostgresSystem):
@@ -261,7 +263,8 @@ def sink_factory(config: Config, direction: Direction) -> Callable[[], Sink]:
 
         conninfo = system.conninfo()
         origin = n.origin(direction.name)
-        return lambda: PgSink(conninfo, state_schema=n.state_schema, origin=origin)
+        return lambda: PgSink(conninfo, state_schema=n.state_schema, origin=origin,
+                              reads_only=reads_only)
     from connectors.mysql.writer import MySink
 
     params = mysql_params(system)
@@ -303,7 +306,8 @@ def build_pipelines(config: Config, observer: Observer) -> list[Pipeline]:
             direction.name, source_factory(config, direction), sink_factory(config, direction),
             applier, own_origins=own_origins(config, direction), heartbeat_table=n.heartbeats,
             settings=settings, observer=observer,
-            coarse_clock=isinstance(config.systems[direction.source], MysqlSystem)))
+            coarse_clock=isinstance(config.systems[direction.source], MysqlSystem),
+            reads_factory=sink_factory(config, direction, reads_only=True)))
     return pipelines
 
 

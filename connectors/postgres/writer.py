@@ -91,12 +91,15 @@ WHERE a.attrelid = to_regclass(quote_ident(%s) || '.' || quote_ident(%s))
 class PgSink:
     """Writes to one PostgreSQL database (implements Sink)."""
 
-    def __init__(self, conninfo: str, *, state_schema: str, origin: str) -> None:
+    def __init__(self, conninfo: str, *, state_schema: str, origin: str,
+                 reads_only: bool = False) -> None:
         for label, name in (("state_schema", state_schema), ("origin", origin)):
             if not _NAME.match(name):
                 raise ValueError(f"{label} must match [a-z0-9_]{{1,63}}: {name!r}")
         self._conninfo = conninfo
         self._origin = origin
+        self._reads_only = reads_only
+        """Only :meth:`fetch`, each read its own transaction (no origin: it never writes)."""
         self._checkpoints = sql.Identifier(state_schema, "checkpoints")
         self._conn: Conn | None = None
         self._meta: dict[TableId, _TableMeta] = {}
@@ -109,18 +112,21 @@ class PgSink:
     # --- Sink protocol -----------------------------------------------------------------
 
     def open(self) -> None:
-        """Connect and tag the session with the replication origin."""
+        """Connect and tag the session with the replication origin (a reads-only sink: just
+        connect; it holds no transaction, so no snapshot or lock, between reads)."""
         self.close()
         try:
             conn = psycopg.connect(
                 self._conninfo,
-                autocommit=False,
+                autocommit=self._reads_only,
                 application_name="cdc-agent",
                 options=SESSION_OPTIONS,
             )
         except psycopg.Error as exc:
             raise translate(exc, "connecting") from exc
         self._conn = conn
+        if self._reads_only:
+            return
         with self._guard("replication origin session setup"):
             conn.execute("SELECT pg_replication_origin_session_setup(%s)", [self._origin])
             conn.commit()

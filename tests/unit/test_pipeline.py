@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent.apply import Applier, Exchange
+from agent.errors import TransientError
 from agent.events import Op, RowChange, TableId, Transaction
 from agent.pipeline import Pipeline, Settings
 from agent.ports import Write
@@ -233,3 +234,137 @@ def test_rows_are_read_with_a_lock_only_where_a_rule_decides_on_them() -> None:
     assert _read_locks("crm", "crm") == [False]
     assert _read_locks("crm", "both") == [True]
     assert _read_locks("erp") == [True]
+
+
+# --- writing behind: batch N is written while batch N+1 is planned (agent.writebehind) ----
+
+PLAIN = Route("customer", "crm_to_erp", SRC, "id", DST, "no", LinkKind.TARGET_HOLDS_KEY,
+              "crm_id", (FieldRoute("name", "name", "name", "crm"),),
+              source="crm", target="erp")
+
+
+class _ReadsSink(CallSink):
+    """The second connection: answers reads from ``rows`` (which no write changes)."""
+
+    def __init__(self, rows: dict[object, dict[str, object]]) -> None:
+        super().__init__()
+        self.rows = rows
+
+    def fetch(self, table: TableId, key_column: str, keys: Sequence[object],
+              columns: Sequence[str], *, lock: bool = True
+              ) -> Mapping[object, Mapping[str, object]]:
+        self.calls.append(("fetch", lock))
+        return {k: dict(self.rows[k]) for k in keys if k in self.rows}
+
+
+class _FetchCountingSink(CallSink):
+    def fetch(self, table: TableId, key_column: str, keys: Sequence[object],
+              columns: Sequence[str], *, lock: bool = True
+              ) -> Mapping[object, Mapping[str, object]]:
+        self.calls.append(("fetch", lock))
+        return {}
+
+
+class _ReplaySource(ListSource):
+    """Starts after the position it is opened at, as a real source does after a restart."""
+
+    def __init__(self, items: list[Transaction]) -> None:
+        super().__init__(items)
+        self.all = list(items)
+
+    def open(self, after: str | None) -> None:
+        super().open(after)
+        start = 0 if after is None else int(after.split("/")[1], 16)
+        with self.lock:
+            self.items = [t for t in self.all if int(t.position.split("/")[1], 16) > start]
+
+
+def _run_behind(items: list[Transaction], sink: CallSink, reads: CallSink,
+                **settings: Any) -> ListSource:
+    source = _ReplaySource(items)
+    pipeline = Pipeline("crm_to_erp", lambda: source, lambda: sink, applier(PLAIN),
+                        own_origins=frozenset({"mine"}), heartbeat_table=HEARTBEATS,
+                        settings=Settings(**settings), reads_factory=lambda: reads)
+    stop = threading.Event()
+    thread = threading.Thread(target=pipeline.run, args=(stop,))
+    thread.start()
+    try:
+        wait_until(lambda: bool(source.confirmed) and source.confirmed[-1] == items[-1].position,
+                   timeout=5, message="pipeline did not confirm the last position")
+    finally:
+        stop.set()
+        thread.join(5)
+    return source
+
+
+def test_batches_of_plain_fields_are_planned_on_the_reads_connection() -> None:
+    """The sink's connection only writes and commits; every read goes to the second one,
+    without a lock; each commit is confirmed after it, in order."""
+    sink, reads = _FetchCountingSink(), _ReadsSink({})
+    items = [txn(i, i, i + 100) for i in range(1, 41)]
+    source = _run_behind(items, sink, reads, max_rows=4, max_delay=0.0)
+    assert [c for c in sink.calls if c[0] == "fetch"] == []
+    assert reads.calls and all(c == ("fetch", False) for c in reads.calls)
+    commits = [str(c[1]) for c in sink.calls if c[0] == "commit"]
+    assert commits == sorted(commits, key=lambda p: int(p.split("/")[1], 16))
+    assert commits[-1] == items[-1].position
+    assert set(source.confirmed) <= set(commits)
+    written = [k for c in sink.calls if c[0] == "write" for k in c[1]]  # type: ignore[union-attr]
+    assert len(written) == 80 and {"crm_id": 40} in written
+
+
+class _FailOnceSink(_FetchCountingSink):
+    """Its first write fails as a lost connection does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    def write(self, writes: Sequence[Write]) -> None:
+        if not self.failed:
+            self.failed = True
+            raise TransientError("connection lost")
+        super().write(writes)
+
+
+def test_a_batch_that_fails_behind_is_never_confirmed_and_is_read_again() -> None:
+    sink, reads = _FailOnceSink(), _ReadsSink({})
+    items = [txn(i, i) for i in range(1, 11)]
+    source = _run_behind(items, sink, reads, max_rows=2, max_delay=0.0, retry_initial=0.01)
+    assert ("rollback", None) in sink.calls
+    commits = [c[1] for c in sink.calls if c[0] == "commit"]
+    assert source.confirmed and set(source.confirmed) <= set(commits)
+    written = {k["crm_id"] for c in sink.calls if c[0] == "write" for k in c[1]}  # type: ignore[union-attr,index]
+    assert written == set(range(1, 11))
+
+
+def _update(key: int, name: str) -> tuple[RowChange, datetime, str]:
+    return RowChange(SRC, Op.UPDATE, new={"id": key, "name": name}), TS, "0/1"
+
+
+def test_rows_a_batch_still_writes_are_planned_as_it_leaves_them() -> None:
+    """The second connection cannot see the rows of the batch behind (not committed yet):
+    the next batch takes them as that batch leaves them, so going back to the value it
+    read is a change, not a no-op."""
+    from agent.rules import written
+
+    a = applier(PLAIN)
+    reads = _ReadsSink({1: {"name": "old"}, 2: {"name": "old"}})
+    first = a.plan_ahead(reads, [_update(1, "new"), _update(2, "new")], None)
+    assert first is not None and first.simple
+    behind = written(first.view, first.plan.writes)
+    second = a.plan_ahead(reads, [_update(1, "old"), _update(2, "new")], behind)
+    assert second is not None
+    assert [(w.key, dict(w.values)) for w in second.plan.writes] == [
+        ({"crm_id": 1}, {"name": "old"})]
+    assert second.counts().skipped["noop"] == 1
+    assert a.plan_ahead(reads, [_update(1, "x")], None) is not None
+
+
+def test_entities_whose_rules_decide_on_the_target_rows_are_not_planned_ahead() -> None:
+    both = Route("customer", "crm_to_erp", SRC, "id", DST, "no", LinkKind.TARGET_HOLDS_KEY,
+                 "crm_id", (FieldRoute("name", "name", "name", "both"),),
+                 source="crm", target="erp")
+    reads = _ReadsSink({1: {"name": "old"}})
+    assert applier(both).plan_ahead(reads, [_update(1, "new")], None) is None
+    assert reads.calls == []
