@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from agent.apply import Applier, Exchange
 from agent.errors import TransientError
@@ -297,6 +297,11 @@ def _run_behind(items: list[Transaction], sink: CallSink, reads: CallSink,
     return source
 
 
+def _written_keys(sink: CallSink) -> list[Mapping[str, object]]:
+    return [k for kind, keys in sink.calls if kind == "write"
+            for k in cast(list[Mapping[str, object]], keys)]
+
+
 def test_batches_of_plain_fields_are_planned_on_the_reads_connection() -> None:
     """The sink's connection only writes and commits; every read goes to the second one,
     without a lock; each commit is confirmed after it, in order."""
@@ -309,7 +314,7 @@ def test_batches_of_plain_fields_are_planned_on_the_reads_connection() -> None:
     assert commits == sorted(commits, key=lambda p: int(p.split("/")[1], 16))
     assert commits[-1] == items[-1].position
     assert set(source.confirmed) <= set(commits)
-    written = [k for c in sink.calls if c[0] == "write" for k in c[1]]  # type: ignore[union-attr]
+    written = _written_keys(sink)
     assert len(written) == 80 and {"crm_id": 40} in written
 
 
@@ -334,8 +339,7 @@ def test_a_batch_that_fails_behind_is_never_confirmed_and_is_read_again() -> Non
     assert ("rollback", None) in sink.calls
     commits = [c[1] for c in sink.calls if c[0] == "commit"]
     assert source.confirmed and set(source.confirmed) <= set(commits)
-    written = {k["crm_id"] for c in sink.calls if c[0] == "write" for k in c[1]}  # type: ignore[union-attr,index]
-    assert written == set(range(1, 11))
+    assert {k["crm_id"] for k in _written_keys(sink)} == set(range(1, 11))
 
 
 def _update(key: int, name: str) -> tuple[RowChange, datetime, str]:
