@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from types import MappingProxyType
+from typing import NamedTuple, Protocol
 
 from agent.events import TableId, Transaction
 
@@ -24,21 +24,21 @@ class WriteKind(enum.Enum):
     DELETE = "delete"
 
 
-@dataclass(frozen=True, slots=True)
-class Write:
+class Write(NamedTuple):
     """One row operation on the target, in target table and column names.
 
     ``key`` locates the row (column -> value; for UPSERT the columns of a unique key);
     ``values`` are the columns to set; ``defaults`` are set only when the row is inserted (an
     UPSERT that finds the row leaves them alone). ``entity`` and ``source_key`` say where it
-    came from, for quarantine and conflict records.
+    came from, for quarantine and conflict records. A named tuple: one is made per row
+    changed, and a tuple is made in half the time of a frozen dataclass.
     """
 
     table: TableId
     kind: WriteKind
     key: Mapping[str, object]
     values: Mapping[str, object]
-    defaults: Mapping[str, object] = field(default_factory=dict)
+    defaults: Mapping[str, object] = MappingProxyType({})
     entity: str = ""
     source_key: str = ""
 

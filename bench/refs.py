@@ -138,7 +138,8 @@ def _my_update_join(my: MySide, rows: int, run: int) -> None:
     from connectors.mysql.writer import _update_join_sql
 
     def apply(cur: Any, keys: range) -> None:
-        sql = _update_join_sql(TableId(my.name, "customers"), ["id"], list(FIELDS), len(keys))
+        sql = _update_join_sql(TableId(my.name, "customers"), ["id"], list(FIELDS), len(keys),
+                               values=True)
         cur.execute(sql, [x for k in keys for x in row_values(k, run)])
 
     _my_chunks(my, rows, apply)

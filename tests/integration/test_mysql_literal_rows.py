@@ -95,6 +95,17 @@ def test_multi_row_upserts_and_updates_store_what_single_rows_store(
     assert fetched[2]["label"] == TEXTS[3 % len(TEXTS)]
     assert fetched[2]["raw"] == b"\x00\x27\x5c\x22\xff\x03"
 
+    # A statement whose first row is all NULL: the other rows' literals decide the types.
+    nulls_first = [Write(batched, WriteKind.UPDATE, {"id": i}, _nulls() if i == 1 else _row(i + 2))
+                   for i in range(1, n + 1)]
+    sink.begin("a_to_b")
+    sink.write(nulls_first)
+    for write in nulls_first:
+        sink.write([Write(single, WriteKind.UPDATE, write.key, write.values)])
+    sink.commit("a_to_b", "mysql-bin.000001:6", datetime.now(UTC))
+    assert _rows(maria_db, "batched") == _rows(maria_db, "single")
+    assert _rows(maria_db, "batched")[0][1:] == (None,) * len(COLUMNS)
+
 
 JSON_DDL = """CREATE TABLE readable (
     id int PRIMARY KEY, code varchar(300) UNIQUE, fixed char(4), amount decimal(12,2),
