@@ -82,6 +82,10 @@ class Settings:
     advance_interval: float = 10.0  # how often a position with no data is stored
     retry_initial: float = 0.5
     retry_max: float = 30.0
+    behind_min_rows: int = 100
+    """A batch this small is written behind only while another one is (agent.writebehind):
+    handing it to the worker costs about a millisecond of latency (p50 at 20 single-row
+    transactions/s, PG->PG: 1.4 -> 2.3 ms), more than overlapping its server work saves."""
 
 
 @dataclass
@@ -420,6 +424,8 @@ class _Session:
         if (behind is None or batch.opened or not batch.buffer or batch.source_ts is None
                 or batch.boundary is None or self.p.applier.exchange.waiting(self.p.direction)):
             return False
+        if len(batch.buffer) < self.p._settings.behind_min_rows and not behind.busy():
+            return False  # a small batch alone: at once (the hand-over costs ~1 ms)
         ahead = self.p.applier.plan_ahead(behind.reads, batch.buffer, behind.written)
         if ahead is None:
             return False

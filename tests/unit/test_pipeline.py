@@ -307,7 +307,7 @@ def test_batches_of_plain_fields_are_planned_on_the_reads_connection() -> None:
     without a lock; each commit is confirmed after it, in order."""
     sink, reads = _FetchCountingSink(), _ReadsSink({})
     items = [txn(i, i, i + 100) for i in range(1, 41)]
-    source = _run_behind(items, sink, reads, max_rows=4, max_delay=0.0)
+    source = _run_behind(items, sink, reads, max_rows=4, max_delay=0.0, behind_min_rows=1)
     assert [c for c in sink.calls if c[0] == "fetch"] == []
     assert reads.calls and all(c == ("fetch", False) for c in reads.calls)
     commits = [str(c[1]) for c in sink.calls if c[0] == "commit"]
@@ -316,6 +316,13 @@ def test_batches_of_plain_fields_are_planned_on_the_reads_connection() -> None:
     assert set(source.confirmed) <= set(commits)
     written = _written_keys(sink)
     assert len(written) == 80 and {"crm_id": 40} in written
+
+
+def test_a_small_batch_alone_is_written_at_once_for_latency() -> None:
+    sink, reads = _FetchCountingSink(), _ReadsSink({})
+    _run_behind([txn(1, 1)], sink, reads, max_delay=0.0)
+    assert reads.calls == []
+    assert [c[0] for c in sink.calls] == ["begin", "fetch", "write", "commit"]
 
 
 class _FailOnceSink(_FetchCountingSink):
@@ -335,7 +342,8 @@ class _FailOnceSink(_FetchCountingSink):
 def test_a_batch_that_fails_behind_is_never_confirmed_and_is_read_again() -> None:
     sink, reads = _FailOnceSink(), _ReadsSink({})
     items = [txn(i, i) for i in range(1, 11)]
-    source = _run_behind(items, sink, reads, max_rows=2, max_delay=0.0, retry_initial=0.01)
+    source = _run_behind(items, sink, reads, max_rows=2, max_delay=0.0, retry_initial=0.01,
+                         behind_min_rows=1)
     assert ("rollback", None) in sink.calls
     commits = [c[1] for c in sink.calls if c[0] == "commit"]
     assert source.confirmed and set(source.confirmed) <= set(commits)
