@@ -437,7 +437,7 @@ class _Session:
         self._report(ahead.counts())
         behind.wait()  # one batch behind at most
         behind.submit(ahead.plan.writes, batch.boundary, batch.source_ts,
-                      rules.written(ahead.view, ahead.plan.writes),
+                      ahead.view.written,
                       partial(self._committed, batch))
         # Positions read from here on are past this batch's boundary.
         self.advance = None

@@ -68,28 +68,39 @@ class Judge:
         self.links.pop((entity, str(source_key)), None)
 
 
+_Rows = dict[object, dict[str, object] | None]
+Written = dict[tuple[TableId, str], _Rows]
+"""Target rows by (table, locator) and locator value."""
+
+
 class TargetView:
     """The target's rows as the batch has left them so far."""
 
     def __init__(self) -> None:
-        self._rows: dict[tuple[TableId, str], dict[object, dict[str, object] | None]] = {}
+        self._rows: Written = {}
+        self.written: Written = {}
+        """The rows the planned writes change, as they leave them (None: deleted)."""
         # Per route object: its rows, so a lookup per change hashes no TableId.
-        self._by_route: dict[int, tuple[Route, dict[object, dict[str, object] | None]]] = {}
+        self._by_route: dict[int, tuple[Route, _Rows, _Rows]] = {}
 
-    def _of(self, route: Route) -> dict[object, dict[str, object] | None]:
+    def _of(self, route: Route) -> _Rows:
         hit = self._by_route.get(id(route))
         if hit is not None and hit[0] is route:
             return hit[1]
-        rows = self._rows.setdefault((route.target_table, route.locator), {})
-        self._by_route[id(route)] = (route, rows)
-        return rows
+        return self._cache(route)[1]
+
+    def _cache(self, route: Route) -> tuple[Route, _Rows, _Rows]:
+        where = (route.target_table, route.locator)
+        hit = (route, self._rows.setdefault(where, {}), self.written.setdefault(where, {}))
+        self._by_route[id(route)] = hit
+        return hit
 
     def load(self, table: TableId, locator: str, rows: Mapping[object, Mapping[str, object]],
              asked: Iterable[object], newer: Written | None = None) -> None:
         """Record fetched rows; keys asked for but not returned are known to be absent.
 
-        ``newer``: rows a batch not yet committed writes (see :func:`written`); they are
-        taken as that batch leaves them instead of as read.
+        ``newer``: rows a batch not yet committed writes (its view's :attr:`written`); they
+        are taken as that batch leaves them instead of as read.
         """
         known = self._rows.setdefault((table, locator), {})
         ahead = newer.get((table, locator)) if newer else None
@@ -102,38 +113,21 @@ class TargetView:
                 found = dict(found)  # the view never changes a row in place: no copy needed
             known.setdefault(key, found)
 
-    def rows(self, table: TableId, locator: str) -> Mapping[object, dict[str, object] | None]:
-        return self._rows.get((table, locator), {})
-
     def get(self, route: Route, key: object) -> dict[str, object] | None:
         return self._of(route).get(key)
 
     def put(self, route: Route, key: object, values: Mapping[str, object] | None) -> None:
-        rows = self._of(route)
+        """The planned write of the row ``key`` of ``route``'s target sets ``values``
+        (None: deletes it)."""
+        hit = self._by_route.get(id(route))
+        if hit is None or hit[0] is not route:
+            hit = self._cache(route)
+        _, rows, changed = hit
         if values is None:
-            rows[key] = None
+            rows[key] = changed[key] = None
             return
         current = rows.get(key) or {}
-        rows[key] = {**current, **values}
-
-
-Written = dict[tuple[TableId, str], dict[object, dict[str, object] | None]]
-"""Target rows by (table, locator) and locator value, as a batch's writes leave them."""
-
-
-def written(view: TargetView, writes: Iterable[Write]) -> Written:
-    """The rows ``writes`` (planned against ``view``) leave behind, None where deleted.
-
-    Only writes that name their row by its locator (every kind but a plain INSERT, whose key
-    the target generates) can be listed.
-    """
-    rows: Written = {}
-    for w in writes:
-        if len(w.key) != 1:
-            raise ValueError("an INSERT with a generated key names no row")
-        (locator, key), = w.key.items()
-        rows.setdefault((w.table, locator), {})[key] = view.rows(w.table, locator).get(key)
-    return rows
+        rows[key] = changed[key] = {**current, **values}
 
 
 def source_row(change: RowChange) -> Row:
@@ -150,8 +144,10 @@ def lookups(table: RouteTable, changes: Iterable[RowChange],
     needed: dict[LookupKey, set[object]] = {}
     keys: dict[int, set[object]] = {}  # per route (by id): computed once per batch, not per row
     for change in changes:
+        row = (change.old if change.op is Op.DELETE else change.new) or {}
         for route in table.routes_for(change.table):
-            key = _locate(route, source_row(change), judge)
+            by = route.locate_by  # inlined _locate: once per change of a catch-up
+            key = row.get(by) if by is not None else _locate(route, row, judge)
             if key is None:
                 continue
             found = keys.get(id(route))
@@ -184,7 +180,8 @@ def plan(table: RouteTable, changes: Iterable[Change], view: TargetView,
                 _plan_delete(route, change.old or {}, view, result, judge)
                 continue
             row = change.new or {}
-            key = route.locate(row)
+            by = route.locate_by  # inlined route.locate
+            key = None if by is None else row.get(by)
             if key is None and _wait_for_link(route, row, change, ts, result, judge):
                 continue
             _plan_upsert(route, change, row, key, ts, view, result, judge)

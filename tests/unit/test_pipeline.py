@@ -358,13 +358,11 @@ def test_rows_a_batch_still_writes_are_planned_as_it_leaves_them() -> None:
     """The second connection cannot see the rows of the batch behind (not committed yet):
     the next batch takes them as that batch leaves them, so going back to the value it
     read is a change, not a no-op."""
-    from agent.rules import written
-
     a = applier(PLAIN)
     reads = _ReadsSink({1: {"name": "old"}, 2: {"name": "old"}})
     first = a.plan_ahead(reads, [_update(1, "new"), _update(2, "new")], None)
     assert first is not None and first.simple
-    behind = written(first.view, first.plan.writes)
+    behind = first.view.written
     second = a.plan_ahead(reads, [_update(1, "old"), _update(2, "new")], behind)
     assert second is not None
     assert [(w.key, dict(w.values)) for w in second.plan.writes] == [
