@@ -140,7 +140,16 @@ class Applier:
     def _intercept(self, sink: Sink, buffer: Sequence[Buffered],
                    total: rules.Plan) -> list[Buffered]:
         """Take out push requests and the changes of entities that do not flow continuously."""
-        kept: list[Buffered] = []
+        kept: list[Buffered]
+        if self.scheduler is None:  # only push requests to take out (the common case)
+            requests = self.requests_table
+            kept = [item for item in buffer if item[0].table != requests]
+            if len(kept) != len(buffer):
+                for item in buffer:
+                    if item[0].table == requests:
+                        self._request(item[0])
+            return kept
+        kept = []
         staged: list[tuple[Route, RowChange, datetime | None]] = []
         for item in buffer:
             change = item[0]
