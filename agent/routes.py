@@ -106,6 +106,8 @@ class Route:
     # Derived once from the fields above (the catch-up hot path reads them per change).
     locator: str = field(init=False, repr=False, compare=False)
     """The target column that identifies the row."""
+    locate_by: str | None = field(init=False, repr=False, compare=False)
+    """The source column that holds the locator's value (None: the key map knows it)."""
     columns: tuple[tuple[str, str, FieldRoute | None], ...] = field(
         init=False, repr=False, compare=False)
     """Per field: (source column, target column, and None for a plain field -- owned by the
@@ -119,6 +121,9 @@ class Route:
     def __post_init__(self) -> None:
         object.__setattr__(self, "locator", self.link_column
                            if self.link is LinkKind.TARGET_HOLDS_KEY else self.target_key)
+        object.__setattr__(self, "locate_by", None if self.link is LinkKind.MAP else
+                           self.link_column if self.link is LinkKind.SOURCE_HOLDS_KEY
+                           else self.source_key)
         object.__setattr__(self, "columns", tuple(
             (f.source_column, f.target_column,
              None if f.owner == self.source and f.value_map is None else f)
@@ -137,11 +142,8 @@ class Route:
     def locate(self, row: Row) -> object:
         """The locator value for a source row (None: the row has no target counterpart yet,
         or, with a key map, none the row itself can tell: the map is consulted)."""
-        if self.link is LinkKind.SOURCE_HOLDS_KEY:
-            return row.get(self.link_column)
-        if self.link is LinkKind.MAP:
-            return None
-        return row.get(self.source_key)
+        by = self.locate_by
+        return None if by is None else row.get(by)
 
     def noted(self, row: Row) -> object:
         """The key under which this side's changes of a row are noted for ``newest``: the
