@@ -187,8 +187,8 @@ class Pipeline:
             sink.close()
         self._observer.state(self.direction, "stopped")
 
-
     def _write_behind(self, sink: Sink) -> WriteBehind | None:
+        """The worker that writes behind, with its reads-only connection open."""
         if self._reads_factory is None:
             return None
         reads = self._reads_factory()
