@@ -40,8 +40,6 @@ class Ahead:
     """A batch planned ahead of its transaction (:meth:`Applier.plan_ahead`)."""
 
     plan: rules.Plan
-    view: rules.TargetView
-    """The target rows as the plan leaves them."""
     intercepted: rules.Plan
     """What the batch's push requests and filtered changes counted before planning."""
 
@@ -140,24 +138,20 @@ class Applier:
     def _intercept(self, sink: Sink, buffer: Sequence[Buffered],
                    total: rules.Plan) -> list[Buffered]:
         """Take out push requests and the changes of entities that do not flow continuously."""
-        kept: list[Buffered]
-        if self.scheduler is None:  # only push requests to take out (the common case)
-            requests = self.requests_table
-            kept = [item for item in buffer if item[0].table != requests]
-            if len(kept) != len(buffer):
-                for item in buffer:
-                    if item[0].table == requests:
-                        self._request(item[0])
-            return kept
-        kept = []
+        requests = self.requests_table
+        flowing = [item for item in buffer if item[0].table != requests]
+        if len(flowing) != len(buffer):
+            for item in buffer:
+                if item[0].table == requests:
+                    self._request(item[0])
+        if self.scheduler is None:  # every entity flows continuously
+            return flowing
+        kept: list[Buffered] = []
         staged: list[tuple[Route, RowChange, datetime | None]] = []
-        for item in buffer:
+        for item in flowing:
             change = item[0]
-            if change.table == self.requests_table:
-                self._request(change)
-                continue
             routes = self.routes.routes_for(change.table)
-            mode = self.scheduler.mode(routes[0].entity) if routes and self.scheduler else ""
+            mode = self.scheduler.mode(routes[0].entity) if routes else ""
             if mode == "manual":  # counted with the filtered changes (a metrics label)
                 total.skipped["filter"] += 1
             elif mode == "cron":
@@ -230,14 +224,11 @@ class Applier:
         total = rules.Plan()
         if self.requests is not None:  # with no scheduler nothing is staged (no write)
             buffer = self._intercept(reads, buffer, total)
-        plain = [change for change, _, _ in buffer]
-        needed = rules.lookups(self.routes, plain, self.judge)
+        changes: list[rules.Change] = [(change, ts) for change, ts, _ in buffer]
+        needed = rules.lookups(self.routes, [change for change, _, _ in buffer], self.judge)
         if any(self._locks(table, locator) for table, locator, _ in needed):
             return None
-        self._known_links(reads, plain)
-        view = self._view(reads, needed, behind)
-        changes: list[rules.Change] = [(change, ts) for change, ts, _ in buffer]
-        return Ahead(rules.plan(self.routes, changes, view, self.judge), view, total)
+        return Ahead(self._plan(reads, changes, needed, behind), total)
 
     def finish(self, sink: Sink, ahead: Ahead) -> rules.Plan:
         """Carry out, in the open transaction, a plan made ahead that needs more than its
@@ -295,12 +286,18 @@ class Applier:
     def _stops(self, write: Write) -> bool:
         return any(r.entity == write.entity and r.on_error == "stop" for r in self.routes.routes)
 
-    def _plan(self, sink: Sink, changes: Sequence[rules.Change]) -> rules.Plan:
+    def _plan(self, sink: Sink, changes: Sequence[rules.Change],
+              needed: Mapping[rules.LookupKey, set[object]] | None = None,
+              behind: rules.Written | None = None) -> rules.Plan:
+        """Read the rows the rules need (``needed``, when the caller has worked it out
+        already; those of the batch ``behind`` as it leaves them) and plan ``changes``."""
         plain = [c[0] if isinstance(c, tuple) else c for c in changes]
         self._known_links(sink, plain)
         if self.keymap.active:
             self.keymap.resolve(sink, self.routes, plain)
-        view = self._view(sink, rules.lookups(self.routes, plain, self.judge))
+        if needed is None:
+            needed = rules.lookups(self.routes, plain, self.judge)
+        view = self._view(sink, needed, behind)
         result = rules.plan(self.routes, changes, view, self.judge)
         log.debug("%s: %d changes -> %d writes", self.direction, len(changes),
                   len(result.writes))

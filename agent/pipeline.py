@@ -181,7 +181,6 @@ class Pipeline:
         finally:
             if behind is not None:
                 behind.close()
-                behind.reads.close()
             if reader is not None:
                 reader.close()
             sink.close()
@@ -399,7 +398,7 @@ class _Session:
         self.sink.commit(self.p.direction, batch.boundary, batch.source_ts)
         self.p.applier.settle_remedies()
         self._committed(batch)
-        self.batch = _Batch(buffer=[])
+        self._next_batch()
 
     def _committed(self, batch: _Batch) -> None:
         """``batch`` is in: confirm it to the source and report it."""
@@ -410,11 +409,18 @@ class _Session:
         self.committed = batch.boundary
         self.reader.confirm(batch.boundary)
         self.p._observer.committed(self.p.direction, batch.txns, batch.rows, batch.source_ts)
-        if self.batch is batch:
-            self.advance = None
-            self.advance_foreign = False
-            self.advance_urgent = False
         self.advanced_at = self.committed_at = time.monotonic()
+
+    def _next_batch(self) -> None:
+        """The batch is committed (or on its way behind): positions read from here on are
+        past its boundary."""
+        self._forget_advance()
+        self.batch = _Batch(buffer=[])
+
+    def _forget_advance(self) -> None:
+        self.advance = None
+        self.advance_foreign = False
+        self.advance_urgent = False
 
     def _commit_behind(self, batch: _Batch) -> bool:
         """Plan ``batch`` on the second connection and leave its write and COMMIT to the
@@ -437,13 +443,9 @@ class _Session:
         self._report(ahead.counts())
         behind.wait()  # one batch behind at most
         behind.submit(ahead.plan.writes, batch.boundary, batch.source_ts,
-                      ahead.view.written,
+                      ahead.plan.written,
                       partial(self._committed, batch))
-        # Positions read from here on are past this batch's boundary.
-        self.advance = None
-        self.advance_foreign = False
-        self.advance_urgent = False
-        self.batch = _Batch(buffer=[])
+        self._next_batch()
         return True
 
     def _maybe_advance(self) -> None:
@@ -467,9 +469,7 @@ class _Session:
         self.p.applier.settle_remedies()
         self.committed = self.advance
         self.reader.confirm(self.advance)
-        self.advance = None
-        self.advance_foreign = False
-        self.advance_urgent = False
+        self._forget_advance()
         self.advanced_at = time.monotonic()
 
     def _maybe_remedy(self) -> None:

@@ -25,6 +25,11 @@ Change = RowChange | tuple[RowChange, dt.datetime | None]
 """A target table, the locator column, and the columns to read."""
 
 
+_Rows = dict[object, dict[str, object] | None]
+Written = dict[tuple[TableId, str], _Rows]
+"""Target rows by (table, locator) and locator value."""
+
+
 @dataclass
 class Plan:
     """What a batch does: target writes, corrections of the source, recorded conflicts."""
@@ -37,6 +42,8 @@ class Plan:
     """INSERTs whose generated key must be written back: (index in writes, route, source row)."""
     deferred: list[Change] = field(default_factory=list)
     """Changes of a row whose target key is being generated in this round: plan them next."""
+    written: Written = field(default_factory=dict)
+    """The target rows the writes change, as they leave them (None: deleted)."""
 
 
 _PENDING = object()
@@ -68,11 +75,6 @@ class Judge:
         self.links.pop((entity, str(source_key)), None)
 
 
-_Rows = dict[object, dict[str, object] | None]
-Written = dict[tuple[TableId, str], _Rows]
-"""Target rows by (table, locator) and locator value."""
-
-
 class TargetView:
     """The target's rows as the batch has left them so far."""
 
@@ -80,19 +82,16 @@ class TargetView:
         self._rows: Written = {}
         self.written: Written = {}
         """The rows the planned writes change, as they leave them (None: deleted)."""
-        # Per route object: its rows, so a lookup per change hashes no TableId.
+        # Per route object: its rows and its written rows, so a lookup per change hashes no
+        # TableId.
         self._by_route: dict[int, tuple[Route, _Rows, _Rows]] = {}
 
-    def _of(self, route: Route) -> _Rows:
+    def _of(self, route: Route) -> tuple[Route, _Rows, _Rows]:
         hit = self._by_route.get(id(route))
-        if hit is not None and hit[0] is route:
-            return hit[1]
-        return self._cache(route)[1]
-
-    def _cache(self, route: Route) -> tuple[Route, _Rows, _Rows]:
-        where = (route.target_table, route.locator)
-        hit = (route, self._rows.setdefault(where, {}), self.written.setdefault(where, {}))
-        self._by_route[id(route)] = hit
+        if hit is None or hit[0] is not route:
+            where = (route.target_table, route.locator)
+            hit = (route, self._rows.setdefault(where, {}), self.written.setdefault(where, {}))
+            self._by_route[id(route)] = hit
         return hit
 
     def load(self, table: TableId, locator: str, rows: Mapping[object, Mapping[str, object]],
@@ -114,15 +113,12 @@ class TargetView:
             known.setdefault(key, found)
 
     def get(self, route: Route, key: object) -> dict[str, object] | None:
-        return self._of(route).get(key)
+        return self._of(route)[1].get(key)
 
     def put(self, route: Route, key: object, values: Mapping[str, object] | None) -> None:
         """The planned write of the row ``key`` of ``route``'s target sets ``values``
         (None: deletes it)."""
-        hit = self._by_route.get(id(route))
-        if hit is None or hit[0] is not route:
-            hit = self._cache(route)
-        _, rows, changed = hit
+        _, rows, changed = self._of(route)
         if values is None:
             rows[key] = changed[key] = None
             return
@@ -144,10 +140,9 @@ def lookups(table: RouteTable, changes: Iterable[RowChange],
     needed: dict[LookupKey, set[object]] = {}
     keys: dict[int, set[object]] = {}  # per route (by id): computed once per batch, not per row
     for change in changes:
-        row = (change.old if change.op is Op.DELETE else change.new) or {}
+        row = source_row(change)
         for route in table.routes_for(change.table):
-            by = route.locate_by  # inlined _locate: once per change of a catch-up
-            key = row.get(by) if by is not None else _locate(route, row, judge)
+            key = _locate(route, row, judge)
             if key is None:
                 continue
             found = keys.get(id(route))
@@ -180,11 +175,11 @@ def plan(table: RouteTable, changes: Iterable[Change], view: TargetView,
                 _plan_delete(route, change.old or {}, view, result, judge)
                 continue
             row = change.new or {}
-            by = route.locate_by  # inlined route.locate
-            key = None if by is None else row.get(by)
+            key = route.locate(row)
             if key is None and _wait_for_link(route, row, change, ts, result, judge):
                 continue
             _plan_upsert(route, change, row, key, ts, view, result, judge)
+    result.written = view.written
     return result
 
 
@@ -484,8 +479,8 @@ def _remedy(route: Route, f: FieldRoute, change: RowChange, record: str, restore
 
 def _locate(route: Route, row: Row, judge: Judge | None) -> object:
     """The row's locator value; a key-map route asks ``judge`` (loaded from the map)."""
-    if route.link is not LinkKind.MAP:
-        return route.locate(row)
+    if route.locate_by is not None:
+        return row.get(route.locate_by)
     key = judge.link_of(route.entity, row.get(route.source_key)) if judge else None
     return None if key is _PENDING else key
 

@@ -68,7 +68,8 @@ class WriteBehind:
 
     def close(self) -> None:
         """Wait for the batch in flight, whatever its outcome (a committed one is found in
-        the checkpoint by the next session), and stop the worker; safe to call twice."""
+        the checkpoint by the next session), stop the worker and close the reads
+        connection; safe to call twice."""
         job, self._job, self._on_commit, self.written = self._job, None, None, None
         if job is not None:
             error = job.exception()
@@ -76,6 +77,7 @@ class WriteBehind:
                 log.debug("%s: the batch written behind failed: %s", self._direction,
                           type(error).__name__)
         self._pool.shutdown()
+        self.reads.close()
 
     def _run(self, writes: list[Write], position: str, source_ts: datetime) -> None:
         try:

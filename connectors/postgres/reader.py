@@ -39,7 +39,7 @@ from agent.events import UNCHANGED, Op, RowChange, TableId, Transaction
 from connectors.postgres import pgoutput as pg
 from connectors.postgres.errors import translate
 from connectors.postgres.pgoutput import format_lsn, parse_lsn
-from connectors.postgres.values import Converter, converter_for
+from connectors.postgres.values import Converter, converter_for, converter_or_none
 
 __all__ = ["PgSource", "format_lsn", "parse_lsn"]
 
@@ -54,7 +54,6 @@ RECOVERY_HINT = "run `cdc-agent setup`, then `cdc-agent reconcile ENTITY --apply
 _NAME = re.compile(r"^[a-z0-9_]{1,63}$")
 _LOST_STATES = frozenset({"42704"})
 _ROW_MESSAGES = frozenset({b"I", b"U", b"D"})  # undefined_object: the slot does not exist
-_TEXT = converter_for(25)  # text: the identity
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,13 +101,12 @@ def _convert_key(rel: _RelInfo, data: pg.TupleData) -> dict[str, object]:
 
 def _rel_info(msg: pg.Relation) -> _RelInfo:
     cols = msg.columns
-    converters = tuple(converter_for(c.type_oid) for c in cols)
     return _RelInfo(
         table=TableId(msg.namespace or "pg_catalog", msg.name),
         names=tuple(c.name for c in cols),
-        converters=converters,
+        converters=tuple(converter_for(c.type_oid) for c in cols),
         key_indexes=tuple(i for i, c in enumerate(cols) if c.is_key),
-        fast=tuple(None if c is _TEXT else c for c in converters),
+        fast=tuple(converter_or_none(c.type_oid) for c in cols),
     )
 
 

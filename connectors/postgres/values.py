@@ -149,6 +149,12 @@ def converter_for(type_oid: int) -> Converter:
     return _CONVERTERS.get(type_oid, _str)
 
 
+def converter_or_none(type_oid: int) -> Converter | None:
+    """:func:`converter_for`, but None where the text itself is the value (the hot paths
+    then make no call per value)."""
+    return _CONVERTERS.get(type_oid)
+
+
 def from_text(type_oid: int, text: str | None) -> object:
     """Convert one text value of type ``type_oid`` (``None`` is SQL NULL)."""
     return None if text is None else converter_for(type_oid)(text)

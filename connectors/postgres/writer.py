@@ -46,9 +46,7 @@ from agent.events import TableId
 from agent.ports import Write, WriteKind
 from connectors.keyruns import unique_key_parts
 from connectors.postgres.errors import translate
-from connectors.postgres.values import converter_for, to_param
-
-_str = converter_for(25)  # text: the identity (no call needed per value)
+from connectors.postgres.values import converter_for, converter_or_none, to_param
 
 __all__ = ["PgSink"]
 
@@ -283,10 +281,10 @@ class PgSink:
         for oid in set(oids):  # raw text, converted exactly like the reader does
             cur.adapters.register_loader(oid, TextLoader)
         cur.execute(query, [_key_array(keys)])
-        convs = [converter_for(o) for o in oids]
-        key_conv, columns = convs[0], names[1:]
+        key_conv, columns = converter_for(oids[0]), names[1:]
         # TextLoader: every value is a str (or None); only non-text columns are converted.
-        converted = [(n, c) for n, c in zip(columns, convs[1:], strict=True) if c is not _str]
+        converted = [(n, c) for n, o in zip(columns, oids[1:], strict=True)
+                     if (c := converter_or_none(o)) is not None]
         for row in cur:
             key = cast(str | None, row[0])
             values: dict[str, object] = dict(zip(columns, row[1:], strict=True))

@@ -362,7 +362,7 @@ def test_rows_a_batch_still_writes_are_planned_as_it_leaves_them() -> None:
     reads = _ReadsSink({1: {"name": "old"}, 2: {"name": "old"}})
     first = a.plan_ahead(reads, [_update(1, "new"), _update(2, "new")], None)
     assert first is not None and first.simple
-    behind = first.view.written
+    behind = first.plan.written
     second = a.plan_ahead(reads, [_update(1, "old"), _update(2, "new")], behind)
     assert second is not None
     assert [(w.key, dict(w.values)) for w in second.plan.writes] == [
