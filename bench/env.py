@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from agent.serverprocess import ServerProcess
 from tests.e2e.agentproc import AgentProcess, AgentSetup, write_secret
 from tests.servers import MariaServer, PgServer
 
@@ -82,6 +83,7 @@ class Side:
 
     engine: str
     name: str
+    server: ServerProcess
 
     def execute(self, sql: str, args: Any = None) -> None:
         raise NotImplementedError
@@ -108,6 +110,7 @@ class PgSide(Side):
     """A database on a PostgreSQL server; one autocommit connection kept open."""
 
     engine = "postgresql"
+    server: PgServer
 
     def __init__(self, server: PgServer, name: str) -> None:
         self.server = server
@@ -137,6 +140,7 @@ class MySide(Side):
     """A database on a MariaDB server; one autocommit connection kept open."""
 
     engine = "mysql"
+    server: MariaServer
 
     def __init__(self, server: MariaServer, name: str) -> None:
         self.server = server

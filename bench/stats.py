@@ -40,6 +40,46 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def tree_cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU time used so far by process ``pid`` and all its descendants (a server: postmaster
+    and every backend, walsender and worker, each in a session of its own; mariadbd), and
+    the part of it used by PostgreSQL walsenders.
+
+    A process that has exited counts once its parent has reaped it (the parent's children
+    times); one that exits unreaped between two readings is missed.
+    """
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parents[int(entry.name)] = int(fields[1])
+        ticks[int(entry.name)] = sum(int(f) for f in fields[11:15])
+    total = walsenders = 0
+    for proc, used in ticks.items():
+        walk = proc
+        while walk > 1 and walk != pid:
+            walk = parents.get(walk, 0)
+        if walk != pid:
+            continue
+        total += used
+        if _is_walsender(proc):
+            walsenders += used
+    return total / CLOCK_TICKS, walsenders / CLOCK_TICKS
+
+
+def _is_walsender(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"postgres: walsender")
+    except OSError:
+        return False
+
+
 @dataclass
 class Table:
     """Named figures collected over runs; printed as medians (and each run)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -27,7 +27,7 @@ from bench.env import (
     workdir,
 )
 from bench.native import Native
-from bench.stats import Table, cpu_seconds, percentile, poll
+from bench.stats import Table, cpu_seconds, percentile, poll, tree_cpu_seconds
 from tests.e2e.agentproc import AgentProcess
 
 
@@ -112,22 +112,50 @@ def _all_applied(dst: Side, wanted: set[int]) -> bool:
     return wanted <= audit_times(dst).keys()
 
 
+def _server_pids(*sides: Side) -> list[int]:
+    """The (top) processes of the servers behind ``sides``, each once."""
+    return sorted({pid for side in sides if (pid := side.server.pid) is not None})
+
+
+@dataclass
+class _Cpu:
+    """CPU seconds used so far: the agent, the servers, the servers' walsenders."""
+
+    agent: float
+    servers: float
+    walsenders: float
+
+    @classmethod
+    def now(cls, pid: int | None, server_pids: Sequence[int]) -> _Cpu:
+        trees = [tree_cpu_seconds(s) for s in server_pids]
+        return cls(cpu_seconds(pid) if pid is not None else 0.0,
+                   sum(t[0] for t in trees), sum(t[1] for t in trees))
+
+    def per_row(self, before: _Cpu, rows: int) -> _Cpu:
+        """The CPU used since ``before``, in microseconds per row."""
+        return _Cpu(*((now - then) / rows * 1e6 for now, then in (
+            (self.agent, before.agent), (self.servers, before.servers),
+            (self.walsenders, before.walsenders))))
+
+
 def _apply_rate(dst: Side, key_column: str, rows: int, run: int, timeout: float,
-                pid: int | None = None) -> tuple[float, float]:
+                pid: int | None = None,
+                server_pids: Sequence[int] = ()) -> tuple[float, _Cpu]:
     """Rows/s applied, from the first visible commit of version ``run`` to the last row,
-    and the CPU time process ``pid`` used per row meanwhile (us; 0 without ``pid``).
+    and the CPU used per row meanwhile (us) by process ``pid`` and by the servers (the
+    process trees ``server_pids``: every backend, walsender and worker).
 
     The rows already visible at the first sighting are not counted (nor their time). CPU
-    per row is what the agent's own work costs: unlike rows/s it hardly moves when other
-    processes load the machine.
+    per row is what the work costs: unlike rows/s it hardly moves when other processes load
+    the machine. The servers' figure includes the bench's own polling (a few queries).
     """
     t_first = poll(lambda: dst.seq_of(1, key_column) == run, timeout, what="first change")
-    cpu_first = cpu_seconds(pid) if pid is not None else 0.0
+    first = _Cpu.now(pid, server_pids)
     seen = dst.count_seq(run)
     t_last = poll(lambda: dst.seq_of(rows, key_column) == run, timeout, what="last change")
-    cpu = cpu_seconds(pid) - cpu_first if pid is not None else 0.0
     applied = max(rows - seen, 1)
-    return applied / max(t_last - t_first, 1e-6), cpu / applied * 1e6
+    cpu = _Cpu.now(pid, server_pids).per_row(first, applied)
+    return applied / max(t_last - t_first, 1e-6), cpu
 
 
 def catchup(direction: str, rows: int, runs: int) -> Table:
@@ -140,18 +168,31 @@ def catchup(direction: str, rows: int, runs: int) -> Table:
             load.backlog(r.src, rows, run)
             if r.native is not None and r.native_dst is not None:
                 with running_native(r):
-                    native = _apply_rate(r.native_dst, "id", rows, run, 300)[0]
+                    native, used = _apply_rate(r.native_dst, "id", rows, run, 300,
+                                               server_pids=_server_pids(r.src, r.native_dst))
                 table.add("native logical replication", native, "rows/s")
+                table.add("native: servers' CPU per row", used.servers, "us")
+                table.add("native: of which walsender", used.walsenders, "us")
             proc = r.agent.start()
             try:
-                agent, cpu = _apply_rate(r.dst, "src_id", rows, run, 600, proc.pid)
+                agent, used = _apply_rate(r.dst, "src_id", rows, run, 600, proc.pid,
+                                          _server_pids(r.src, r.dst))
                 table.add("cdc-agent", agent, "rows/s")
-                table.add("cdc-agent CPU per row (user + system)", cpu, "us")
+                table.add("cdc-agent CPU per row (user + system)", used.agent, "us")
+                table.add("cdc-agent: servers' CPU per row", used.servers, "us")
+                table.add("cdc-agent: agent + servers' CPU per row", used.agent + used.servers,
+                          "us")
+                if "postgresql" in (r.src.engine, r.dst.engine):
+                    table.add("cdc-agent: of which PostgreSQL walsenders", used.walsenders, "us")
                 table.add("cdc-agent peak RSS (VmHWM)", proc.peak_rss_mb(), "MiB")
             finally:
                 proc.stop(60)
             if r.native is not None:
                 table.add("ratio agent / native", agent / native, "x")
+    table.notes.append("servers' CPU = every process of both servers (backends, walsenders, "
+                       "WAL writer, ...; MariaDB: mariadbd) over the same window; the agent's "
+                       "walsenders include the reverse direction's, which decodes and sends "
+                       "back every row the agent writes (PostgreSQL 15 cannot filter by origin)")
     table.notes.append("rate = rows applied after the first visible target commit / time from "
                        "that commit to the last row visible (polled every 5 ms)")
     return table
