@@ -14,7 +14,7 @@ Python values is :mod:`connectors.postgres.values`' job.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -406,44 +406,6 @@ def new_row_of(buf: bytes, offset: int) -> tuple[int, int] | None:
     if buf[offset] not in (0x49, 0x55):  # 'I', 'U'
         return None
     return _U32.unpack_from(buf, offset + 1)[0], offset + 6
-
-
-def decode_row(buf: bytes, offset: int, names: Sequence[str],
-               converters: Sequence[Callable[[str], object] | None]) -> dict[str, object]:
-    """The TupleData at ``buf[offset]`` as a row: ``converters[i]`` turns column i's text
-    into its value (None: the text itself); NULL is None, an unchanged TOAST value UNCHANGED.
-
-    One pass from the wire to the row, with no intermediate tuple of bytes: the decoding
-    hot path of a catch-up. Same result as :meth:`_Cursor.tuple_data` plus converting.
-    """
-    end = len(buf)
-    try:
-        (count,) = _U16.unpack_from(buf, offset)
-        if count != len(names):
-            raise DecodeError(f"tuple has {count} columns, the relation {len(names)}")
-        pos = offset + 2
-        row: dict[str, object] = {}
-        for name, conv in zip(names, converters, strict=True):
-            kind = buf[pos]
-            if kind == 0x74:  # 't'
-                (length,) = _U32.unpack_from(buf, pos + 1)
-                start = pos + 5
-                pos = start + length
-                if pos > end:
-                    raise DecodeError("column value truncated")
-                text = buf[start:pos].decode()
-                row[name] = text if conv is None else conv(text)
-            elif kind == 0x6E:  # 'n'
-                pos += 1
-                row[name] = None
-            elif kind == 0x75:  # 'u'
-                pos += 1
-                row[name] = UNCHANGED
-            else:
-                raise DecodeError(f"unsupported tuple column kind {chr(kind)!r}")
-    except (IndexError, struct.error) as exc:
-        raise DecodeError("tuple data truncated") from exc
-    return row
 
 
 def decode_message(buf: bytes, offset: int = 0) -> Message:

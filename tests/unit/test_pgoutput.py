@@ -10,6 +10,7 @@ import pytest
 
 from agent.events import UNCHANGED
 from connectors.postgres import pgoutput as pg
+from connectors.postgres.rowcompile import row_decoder
 
 TS = datetime(2024, 3, 31, 1, 30, 0, 123456, tzinfo=UTC)
 TS_MICROS = 765_163_800_123_456  # 8856 days + 1:30:00.123456 after 2000-01-01T00:00Z
@@ -198,7 +199,7 @@ def test_lsn_parse_rejects_garbage(text: str) -> None:
         pg.parse_lsn(text)
 
 
-# --- the one-pass row decoder (the reader's hot path) --------------------------------------
+# --- the compiled row decoder (the reader's hot path) --------------------------------------
 
 ROW_NAMES = ("id", "name", "note", "big", "amount", "toast", "empty")
 ROW_CONVERTERS = (int, None, None, int, Decimal, None, None)
@@ -215,11 +216,11 @@ def _two_step(buf: bytes, offset: int) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("kind", [b"I", b"U"])
-def test_one_pass_row_equals_decode_then_convert(kind: bytes) -> None:
+def test_compiled_row_equals_decode_then_convert(kind: bytes) -> None:
     buf = b"w" + bytes(24) + kind + struct.pack(">I", 16384) + b"N" + tuple_data(*ROW_VALUES)
     found = pg.new_row_of(buf, pg.XLOGDATA_HEADER)
     assert found == (16384, pg.XLOGDATA_HEADER + 6)
-    row = pg.decode_row(buf, found[1], ROW_NAMES, ROW_CONVERTERS)
+    row = row_decoder(ROW_NAMES, ROW_CONVERTERS)(buf, found[1])
     assert row == _two_step(buf, pg.XLOGDATA_HEADER)
     assert row["toast"] is UNCHANGED and row["note"] is None and row["empty"] == ""
     assert row["amount"] == Decimal("0.30") and str(row["amount"]) == "0.30"
@@ -236,12 +237,21 @@ def test_other_messages_take_the_general_decoder(buf: bytes) -> None:
     assert pg.new_row_of(buf, 0) is None
 
 
+def test_compiled_row_keeps_any_column_name_as_it_is() -> None:
+    names = ("a'b", 'c"d', "e\\n}f", "ü 🦆", "x = 1; import os")
+    decode = row_decoder(names, (None, int, None, Decimal, None))
+    row = decode(tuple_data(b"1", b"-2", None, b"3.5", "u"), 0)
+    assert list(row) == list(names)
+    assert list(row.values()) == ["1", -2, None, Decimal("3.5"), UNCHANGED]
+
+
 @pytest.mark.parametrize("tail", [
     tuple_data(*ROW_VALUES)[:-3],  # a value cut short
+    struct.pack(">H", 7) + b"t" + struct.pack(">I", 10),  # the first value (an int) missing
     tuple_data(*ROW_VALUES[:3]),  # fewer columns than the relation has
     struct.pack(">H", 7) + b"x",  # an unknown column kind
 ])
-def test_one_pass_row_rejects_malformed_tuples(tail: bytes) -> None:
+def test_compiled_row_rejects_malformed_tuples(tail: bytes) -> None:
     buf = b"I" + struct.pack(">I", 1) + b"N" + tail
     with pytest.raises(pg.DecodeError):
-        pg.decode_row(buf, 6, ROW_NAMES, ROW_CONVERTERS)
+        row_decoder(ROW_NAMES, ROW_CONVERTERS)(buf, 6)
