@@ -285,7 +285,7 @@ class PgSink:
         # TextLoader: every value is a str (or None); only non-text columns are converted.
         converted = [(n, c) for n, o in zip(columns, oids[1:], strict=True)
                      if (c := converter_or_none(o)) is not None]
-        for row in cur:
+        for row in cur.fetchall():  # one call loads every row (iterating costs one per row)
             key = cast(str | None, row[0])
             values: dict[str, object] = dict(zip(columns, row[1:], strict=True))
             for n, c in converted:
