@@ -158,6 +158,23 @@ def _apply_rate(dst: Side, key_column: str, rows: int, run: int, timeout: float,
     return applied / max(t_last - t_first, 1e-6), cpu
 
 
+def _slots_confirmed(dst: Side, timeout: float = 90) -> None:
+    """Wait until the agent's slots on a PostgreSQL target confirm what was written so far.
+
+    The reverse direction reads back (and drops) every row the agent wrote to the target;
+    its slot moves on with the next heartbeat (every 10 s), as in any run longer than a
+    few seconds. An agent stopped before that would make the next run's walsender decode
+    this run's writes again at its start, inflating every run after the first.
+    """
+    if not isinstance(dst, PgSide):
+        return
+    end = dst.scalar("SELECT pg_current_wal_lsn()::text")
+    poll(lambda: dst.scalar(
+        "SELECT bool_and(confirmed_flush_lsn >= %s::pg_lsn) FROM pg_replication_slots"
+        " WHERE database = current_database()", (end,)),
+        timeout, interval=0.2, what="the agent's slots on the target to confirm its writes")
+
+
 def catchup(direction: str, rows: int, runs: int) -> Table:
     """Catch-up of a ``rows``-change backlog (500-row source transactions)."""
     table = Table(f"Catch-up of a {rows:,}-change backlog, {direction}",
@@ -185,6 +202,7 @@ def catchup(direction: str, rows: int, runs: int) -> Table:
                 if "postgresql" in (r.src.engine, r.dst.engine):
                     table.add("cdc-agent: of which PostgreSQL walsenders", used.walsenders, "us")
                 table.add("cdc-agent peak RSS (VmHWM)", proc.peak_rss_mb(), "MiB")
+                _slots_confirmed(r.dst)
             finally:
                 proc.stop(60)
             if r.native is not None:
@@ -192,7 +210,9 @@ def catchup(direction: str, rows: int, runs: int) -> Table:
     table.notes.append("servers' CPU = every process of both servers (backends, walsenders, "
                        "WAL writer, ...; MariaDB: mariadbd) over the same window; the agent's "
                        "walsenders include the reverse direction's, which decodes and sends "
-                       "back every row the agent writes (PostgreSQL 15 cannot filter by origin)")
+                       "back every row the agent writes (PostgreSQL 15 cannot filter by origin); "
+                       "after each run the agent runs on until its slots on the target have "
+                       "moved past its writes (the next heartbeat), as they do in a long run")
     table.notes.append("rate = rows applied after the first visible target commit / time from "
                        "that commit to the last row visible (polled every 5 ms)")
     return table
