@@ -170,7 +170,8 @@ def _slots_confirmed(dst: Side, timeout: float = 90) -> None:
         return
     end = dst.scalar("SELECT pg_current_wal_lsn()::text")
     poll(lambda: dst.scalar(
-        "SELECT bool_and(confirmed_flush_lsn >= %s::pg_lsn) FROM pg_replication_slots"
+        "SELECT coalesce(bool_and(confirmed_flush_lsn >= %s::pg_lsn), true)"
+        " FROM pg_replication_slots"
         " WHERE database = current_database()", (end,)),
         timeout, interval=0.2, what="the agent's slots on the target to confirm its writes")
 
