@@ -133,9 +133,9 @@ class _Cpu:
 
     def per_row(self, before: _Cpu, rows: int) -> _Cpu:
         """The CPU used since ``before``, in microseconds per row."""
-        return _Cpu(*((now - then) / rows * 1e6 for now, then in (
-            (self.agent, before.agent), (self.servers, before.servers),
-            (self.walsenders, before.walsenders))))
+        scale = 1e6 / rows
+        return _Cpu((self.agent - before.agent) * scale, (self.servers - before.servers) * scale,
+                    (self.walsenders - before.walsenders) * scale)
 
 
 def _apply_rate(dst: Side, key_column: str, rows: int, run: int, timeout: float,
