@@ -221,13 +221,15 @@ class Applier:
         if (self.scheduler is not None or self.keymap.active or self.quarantine.active
                 or self.quarantine.isolating or self.pauses.affects(self.routes, buffer)):
             return None
+        # Push requests have no routes: they need no rows. Decide before taking them out, so
+        # that a batch given back to its transaction hands them over there, once.
+        needed = rules.lookups(self.routes, [change for change, _, _ in buffer], self.judge)
+        if any(self._locks(table, locator) for table, locator, _ in needed):
+            return None
         total = rules.Plan()
         if self.requests is not None:  # with no scheduler nothing is staged (no write)
             buffer = self._intercept(reads, buffer, total)
         changes: list[rules.Change] = [(change, ts) for change, ts, _ in buffer]
-        needed = rules.lookups(self.routes, [change for change, _, _ in buffer], self.judge)
-        if any(self._locks(table, locator) for table, locator, _ in needed):
-            return None
         return Ahead(self._plan(reads, changes, needed, behind), total)
 
     def finish(self, sink: Sink, ahead: Ahead) -> rules.Plan:

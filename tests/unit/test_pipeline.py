@@ -378,3 +378,20 @@ def test_entities_whose_rules_decide_on_the_target_rows_are_not_planned_ahead() 
     reads = _ReadsSink({1: {"name": "old"}})
     assert applier(both).plan_ahead(reads, [_update(1, "new")], None) is None
     assert reads.calls == []
+
+
+def test_a_batch_not_planned_ahead_hands_its_push_requests_over_once() -> None:
+    """Planning ahead gives up before it takes anything out of the batch: the batch's own
+    transaction hands each push request over, once."""
+    both = Route("customer", "crm_to_erp", SRC, "id", DST, "no", LinkKind.TARGET_HOLDS_KEY,
+                 "crm_id", (FieldRoute("name", "name", "name", "both"),),
+                 source="crm", target="erp")
+    asked: list[Mapping[str, object]] = []
+    a = Applier("crm_to_erp", build_route_table("crm_to_erp", [both]), Judge(), Exchange(),
+                "cdc_agent", requests=asked.append)
+    request = RowChange(TableId("cdc_agent", "push_requests"), Op.INSERT,
+                        new={"id": 7, "status": "pending"})
+    buffer = [(request, TS, "0/1"), _update(1, "new")]
+    assert a.plan_ahead(_ReadsSink({1: {"name": "old"}}), buffer, None) is None
+    a.apply(CallSink(), buffer)
+    assert [dict(r) for r in asked] == [{"id": 7, "status": "pending"}]
