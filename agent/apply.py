@@ -14,6 +14,7 @@ import queue
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 
 from agent import rules
 from agent.codec import encode_value
@@ -218,14 +219,13 @@ class Applier:
         None when the buffer needs the open transaction (locking reads, dead letters,
         schedules, the key map); then nothing was read and nothing was decided.
         """
+        # Decided before any work per change, and before push requests are taken out (a
+        # batch given back to its transaction hands them over there, once).
         if (self.scheduler is not None or self.keymap.active or self.quarantine.active
-                or self.quarantine.isolating or self.pauses.affects(self.routes, buffer)):
+                or self.quarantine.isolating or self._reads_locked(buffer)
+                or self.pauses.affects(self.routes, buffer)):
             return None
-        # Push requests have no routes: they need no rows. Decide before taking them out, so
-        # that a batch given back to its transaction hands them over there, once.
         needed = rules.lookups(self.routes, [change for change, _, _ in buffer], self.judge)
-        if any(self._locks(table, locator) for table, locator, _ in needed):
-            return None
         total = rules.Plan()
         if self.requests is not None:  # with no scheduler nothing is staged (no write)
             buffer = self._intercept(reads, buffer, total)
@@ -324,6 +324,18 @@ class Applier:
                 found = {**found, **{str(k): v for k, v in found.items()}}
             view.load(table, locator, found, asked, behind)
         return view
+
+    def _reads_locked(self, buffer: Sequence[Buffered]) -> bool:
+        """Whether a route of a table that ``buffer`` changes reads its rows with a lock."""
+        if not self._some_locked:  # the usual answer, without a look at each change
+            return False
+        return any(self._locks(route.target_table, route.locator)
+                   for table in {change.table for change, _, _ in buffer}
+                   for route in self.routes.routes_for(table))
+
+    @cached_property
+    def _some_locked(self) -> bool:
+        return any(self._locks(r.target_table, r.locator) for r in self.routes.routes)
 
     def _locks(self, table: TableId, locator: str) -> bool:
         """Whether the rules' read of ``table``'s rows must lock them.

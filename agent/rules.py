@@ -479,8 +479,8 @@ def _remedy(route: Route, f: FieldRoute, change: RowChange, record: str, restore
 
 def _locate(route: Route, row: Row, judge: Judge | None) -> object:
     """The row's locator value; a key-map route asks ``judge`` (loaded from the map)."""
-    if route.locate_by is not None:
-        return row.get(route.locate_by)
+    if route.link is not LinkKind.MAP:
+        return route.locate(row)
     key = judge.link_of(route.entity, row.get(route.source_key)) if judge else None
     return None if key is _PENDING else key
 
